@@ -1,0 +1,299 @@
+"""The one LightningModule: an image classifier trained on (imbalanced) data and evaluated per class."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from torch import Tensor
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from imbcompress.checkpoint import load_checkpoint_file, model_state_from_checkpoint
+from imbcompress.compress.transforms import apply_transform
+from imbcompress.metrics import summarize_confusion
+from imbcompress.models.registry import ModelName, build_model
+from imbcompress.reporting import report_test_results
+
+TRANSFORMS_KEY = "imbcompress_transforms"
+Stage = Literal["train", "val", "test", "predict"]
+
+
+@dataclass
+class LossContext:
+    """What a loss term sees of one batch.
+
+    Attributes:
+        inputs: The normalised input images, as the model received them.
+        targets: Integer class labels.
+        features: Pooled features (the classifier's input).
+        logits: The model's output.
+        stage: "train", "val" or "test".
+    """
+
+    inputs: Tensor
+    targets: Tensor
+    features: Tensor
+    logits: Tensor
+    stage: str
+
+
+class LossTerm(Protocol):
+    """An extra loss term registered by a callback (see ``ImbalanceClassifier.add_loss_term``)."""
+
+    base_weight: float
+
+    def __call__(self, ctx: LossContext) -> Tensor: ...
+
+
+def cross_entropy(ctx: LossContext) -> Tensor:
+    """The default base criterion: mean cross-entropy, computed in fp32."""
+    return F.cross_entropy(ctx.logits.float(), ctx.targets)
+
+
+class ImbalanceClassifier(LightningModule):
+    """Classifier task: cross-entropy training, per-class evaluation, and hooks for compression callbacks.
+
+    Args:
+        model: Architecture name from the model registry.
+        num_classes: Number of classes; linked from the data module by the CLI, never typed in a config.
+        shortcut: ResNet shortcut on a width/stride change: "A" (zero padding) or "B" (1x1 conv + BN). Leave unset
+            for MobileNet-V2; ResNets default to "A".
+        optimizer: "sgd" (with ``momentum`` and ``nesterov``) or "adamw".
+        lr: Peak learning rate.
+        momentum: SGD momentum.
+        nesterov: Use Nesterov momentum (SGD only).
+        weight_decay: Weight decay (L2 for SGD, decoupled for AdamW).
+        scheduler: "multistep" (multiply by ``gamma`` at each of ``milestones``), "cosine" (to 0 at the last step)
+            or "constant". Updated every optimisation step.
+        milestones: Epochs at which "multistep" decays the rate; default: 50 % and 75 % of ``max_epochs``.
+        gamma: Decay factor of "multistep".
+        warmup_epochs: Linear warm-up length in epochs (fractions allowed), before the schedule proper.
+        channels_last: Use the channels-last memory format for the model and batches (faster with bf16 on CPUs with
+            AMX and with mixed precision on GPUs).
+        init_from: Checkpoint file to initialise the weights from (an imbcompress/Lightning checkpoint, whose
+            compression is replayed first, or a plain ``state_dict`` of the model). Used by compress-after-training
+            flows; not stored in the hyperparameters, since a checkpoint of this task carries its own weights.
+    """
+
+    def __init__(
+        self,
+        model: ModelName = "resnet20",
+        num_classes: int = 10,
+        shortcut: Literal["A", "B"] | None = None,
+        optimizer: Literal["sgd", "adamw"] = "sgd",
+        lr: float = 0.1,
+        momentum: float = 0.9,
+        nesterov: bool = False,
+        weight_decay: float = 1e-4,
+        scheduler: Literal["multistep", "cosine", "constant"] = "multistep",
+        milestones: list[int] | None = None,
+        gamma: float = 0.1,
+        warmup_epochs: float = 0.0,
+        channels_last: bool = True,
+        init_from: str | None = None,
+    ) -> None:
+        super().__init__()
+        _validate_hparams(lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs, gamma=gamma)
+        self.save_hyperparameters(ignore=["init_from"])
+        self.model = build_model(model, num_classes, shortcut)
+        self.num_classes = num_classes
+        self.transforms: list[dict[str, Any]] = []
+        self.loss_terms: dict[str, LossTerm] = {}
+        self.criterion: Callable[[LossContext], Tensor] = cross_entropy
+        self.val_confusion = MulticlassConfusionMatrix(num_classes)
+        self.test_confusion = MulticlassConfusionMatrix(num_classes)
+        self.val_loss = MeanMetric()
+        self.test_loss = MeanMetric()
+        self.last_test_results: dict[str, Any] | None = None
+        if init_from is not None:
+            self.load_weights(init_from)
+
+    # ----------------------------------------------------------------- extension points for callbacks
+    def add_loss_term(self, name: str, term: LossTerm) -> None:
+        """Register an extra loss term (the documented extension point; see docs/architecture.md).
+
+        The training loss is ``prod(base_weight of all terms) * criterion(ctx) + sum(term(ctx))``.
+        """
+        if name in self.loss_terms:
+            raise ValueError(f"a loss term named {name!r} is already registered; names: {sorted(self.loss_terms)}")
+        self.loss_terms[name] = term
+
+    def set_criterion(self, criterion: Callable[[LossContext], Tensor]) -> None:
+        """Replace the base criterion (default: cross-entropy), e.g. with a class-reweighted loss."""
+        if self.criterion is not cross_entropy and self.criterion is not criterion:
+            raise ValueError(f"the base criterion was already replaced by {self.criterion!r}; only one may replace it")
+        self.criterion = criterion
+
+    def apply_transform(self, record: dict[str, Any]) -> None:
+        """Apply a structural compression record to the model and log it for checkpoint replay."""
+        apply_transform(self.model, record)
+        self.transforms.append(copy.deepcopy(record))
+
+    def load_weights(self, path: str) -> None:
+        """Initialise the model from a checkpoint file, replaying its structural compression first."""
+        checkpoint = load_checkpoint_file(path, setting="model.init_from")
+        for record in checkpoint.get(TRANSFORMS_KEY, []):
+            if record not in self.transforms:
+                self.apply_transform(record)
+        state = model_state_from_checkpoint(checkpoint)
+        head = state.get("classifier.weight")
+        if head is not None and head.shape[0] != self.num_classes:
+            raise ValueError(
+                f"model.init_from={path!r} has {head.shape[0]} classes but the data module has {self.num_classes}"
+            )
+        self.model.load_state_dict(state)
+
+    # ----------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[TRANSFORMS_KEY] = copy.deepcopy(self.transforms)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get(TRANSFORMS_KEY, [])
+        applied = len(self.transforms)
+        if saved[:applied] != self.transforms:
+            raise ValueError(
+                "the checkpoint's compression does not match this configuration: checkpoint applied "
+                f"{[r.get('kind') for r in saved]}, the current model {[r.get('kind') for r in self.transforms]}. "
+                "Test a checkpoint with the configuration it was trained with (the run's config.yaml)."
+            )
+        for record in saved[applied:]:
+            self.apply_transform(record)
+        if self.hparams.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    # ----------------------------------------------------------------- steps
+    def setup(self, stage: str) -> None:
+        # Runs after the callbacks' setup, i.e. after any structural compression.
+        if self.hparams.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    def _forward(self, batch: tuple[Tensor, Tensor], stage: str) -> LossContext:
+        inputs, targets = batch
+        if self.hparams.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        features = self.model.forward_features(inputs)
+        logits = self.model.forward_head(features)
+        return LossContext(inputs, targets, features, logits, stage)
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        if self.hparams.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        return self.model(inputs)
+
+    def compute_loss(self, ctx: LossContext) -> tuple[Tensor, dict[str, Tensor]]:
+        """Base criterion scaled by the terms' base weights, plus every registered term."""
+        base_weight = math.prod(term.base_weight for term in self.loss_terms.values())
+        parts = {"base": self.criterion(ctx)}
+        total = base_weight * parts["base"]
+        for name, term in self.loss_terms.items():
+            parts[name] = term(ctx)
+            total = total + parts[name]
+        return total, parts
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        ctx = self._forward(batch, "train")
+        loss, parts = self.compute_loss(ctx)
+        batch_size = ctx.targets.numel()
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        if self.loss_terms:
+            for name, value in parts.items():
+                self.log(f"train/loss_{name}", value, batch_size=batch_size)
+        return loss
+
+    def _eval_step(self, batch: tuple[Tensor, Tensor], confusion: MulticlassConfusionMatrix, mean_loss: MeanMetric) -> None:
+        ctx = self._forward(batch, "eval")
+        mean_loss.update(F.cross_entropy(ctx.logits.float(), ctx.targets), weight=ctx.targets.numel())
+        confusion.update(ctx.logits.argmax(dim=1), ctx.targets)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, self.val_confusion, self.val_loss)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, self.test_confusion, self.test_loss)
+
+    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        logits = self._forward(batch, "predict").logits.float()
+        return {"prediction": logits.argmax(dim=1), "probabilities": logits.softmax(dim=1), "target": batch[1]}
+
+    def _finish_eval(self, stage: str, confusion: MulticlassConfusionMatrix, mean_loss: MeanMetric) -> dict[str, Any]:
+        # compute() sums the matrices of all DDP ranks, so every rank logs the same whole-set values.
+        results = summarize_confusion(confusion.compute())
+        results["loss"] = float(mean_loss.compute())
+        confusion.reset()
+        mean_loss.reset()
+        for key in ("accuracy", "macro_f1", "balanced_accuracy", "loss"):
+            self.log(f"{stage}/{key}", results[key], prog_bar=key in ("accuracy", "macro_f1"), sync_dist=False)
+        for name, value in zip(self.class_names, results["per_class"]["f1"]):
+            self.log(f"{stage}/f1/{name}", value)
+        return results
+
+    def on_validation_epoch_end(self) -> None:
+        self._finish_eval("val", self.val_confusion, self.val_loss)
+
+    def on_test_epoch_end(self) -> None:
+        results = self._finish_eval("test", self.test_confusion, self.test_loss)
+        self.last_test_results = results
+        if self.trainer.is_global_zero:
+            report_test_results(self.trainer, self, results)
+
+    @property
+    def class_names(self) -> list[str]:
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        names = getattr(datamodule, "class_names", None)
+        return list(names) if names else [str(index) for index in range(self.num_classes)]
+
+    # ----------------------------------------------------------------- optimisation
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        decay, no_decay = [], []
+        for name, param in self.named_parameters():
+            if param.requires_grad:
+                (no_decay if param.ndim <= 1 and hp.optimizer == "adamw" else decay).append(param)
+        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if hp.optimizer == "sgd":
+            optimizer: torch.optim.Optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov)
+        else:
+            optimizer = torch.optim.AdamW(groups, lr=hp.lr)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor_fn())
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def _lr_factor_fn(self) -> Callable[[int], float]:
+        hp = self.hparams
+        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        max_epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
+        steps_per_epoch = max(1, total_steps // max_epochs)
+        warmup_steps = int(hp.warmup_epochs * steps_per_epoch)
+        milestones = hp.milestones if hp.milestones is not None else [max_epochs // 2, (3 * max_epochs) // 4]
+        milestone_steps = [int(epoch) * steps_per_epoch for epoch in milestones]
+        return lambda step: lr_factor(step, hp.scheduler, warmup_steps, total_steps, milestone_steps, hp.gamma)
+
+
+def lr_factor(
+    step: int, scheduler: str, warmup_steps: int, total_steps: int, milestone_steps: list[int], gamma: float
+) -> float:
+    """Learning-rate multiplier at optimisation step ``step`` (0-based)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if scheduler == "multistep":
+        return gamma ** sum(step >= milestone for milestone in milestone_steps)
+    if scheduler == "cosine":
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return 1.0
+
+
+def _validate_hparams(**values: float) -> None:
+    for name, value in values.items():
+        if name == "gamma" and not 0 < value <= 1:
+            raise ValueError(f"model.gamma must be in (0, 1], got {value}")
+        if name != "gamma" and value < 0:
+            raise ValueError(f"model.{name} must be >= 0, got {value}")
+    if values["lr"] <= 0:
+        raise ValueError(f"model.lr must be > 0, got {values['lr']}")
