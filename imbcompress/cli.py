@@ -85,12 +85,12 @@ def run_cli(args: list[str] | None = None, run: bool = True) -> ImbCompressCLI:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: ``imbcompress study ...`` goes to the study runner, all else to LightningCLI."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "study":
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words and words[0] == "study":
         from imbcompress.study.cli import main as study_main
 
-        return study_main(argv[1:])
-    run_cli(argv)
+        return study_main(words[1:])
+    run_cli(argv)  # None: LightningCLI reads sys.argv itself
     return 0
 
 

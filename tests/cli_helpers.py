@@ -1,0 +1,51 @@
+"""Helpers for tests that drive the real `imbcompress` CLI on generated data."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imbcompress.cli import run_cli
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+
+
+def fake_data_args(root: Path, dataset: str = "cifar10") -> list[str]:
+    """CLI overrides that point any data fragment at generated files."""
+    return [f"--data.init_args.root={root}", f"--data.init_args.dataset={dataset}", "--data.init_args.download=false"]
+
+
+def fit(args: list[str], run_dir: Path) -> dict[str, Any]:
+    """Run `imbcompress fit` in-process and return the run's metrics.json."""
+    run_cli(["fit", *args, *QUIET, f"--run_dir={run_dir}"])
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def make_learnable_cifar(root: Path, train_per_class: int = 60, test_per_class: int = 20, seed: int = 0) -> Path:
+    """CIFAR-10 pickles whose classes are separable (a class-specific colour + noise), so a few steps learn them."""
+    rng = np.random.default_rng(seed)
+    centres = rng.integers(40, 216, size=(10, 3))
+
+    def batch(per_class: int) -> dict:
+        labels = np.repeat(np.arange(10), per_class)
+        rng.shuffle(labels)
+        noise = rng.normal(0, 30, size=(len(labels), 3, 32, 32))
+        images = np.clip(centres[labels][:, :, None, None] + noise, 0, 255).astype(np.uint8)
+        return {"data": images.reshape(len(labels), -1), "labels": labels.tolist()}
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    train = batch(train_per_class)
+    for index, part in enumerate(np.array_split(np.arange(len(train["labels"])), 5), start=1):
+        chunk = {"data": train["data"][part], "labels": [train["labels"][i] for i in part]}
+        (folder / f"data_batch_{index}").write_bytes(pickle.dumps(chunk))
+    (folder / "test_batch").write_bytes(pickle.dumps(batch(test_per_class)))
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": names}))
+    return root
