@@ -264,11 +264,33 @@ class ImbalanceClassifier(LightningModule):
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor_fn())
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
+    def _steps_per_epoch(self) -> int:
+        """Optimisation steps per epoch, without touching the fit loop's own training loader.
+
+        ``trainer.estimated_stepping_batches`` would build the fit loop's loader here, before a checkpoint is
+        restored, and Lightning then never loads the saved loader position into it: a mid-epoch resume would
+        restart the epoch's data. A throwaway loader from the data module gives the same count.
+        """
+        trainer = self.trainer
+        datamodule = trainer.datamodule
+        if datamodule is None:
+            max_epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else 1
+            return max(1, int(trainer.estimated_stepping_batches) // max_epochs)
+        batches = len(datamodule.train_dataloader())
+        limit = trainer.limit_train_batches
+        batches = min(batches, limit) if isinstance(limit, int) else int(batches * (limit if limit is not None else 1.0))
+        return max(1, math.ceil(batches / trainer.accumulate_grad_batches))
+
     def _lr_factor_fn(self) -> Callable[[int], float]:
         hp = self.hparams
-        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
-        max_epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
-        steps_per_epoch = max(1, total_steps // max_epochs)
+        trainer = self.trainer
+        steps_per_epoch = self._steps_per_epoch()
+        max_epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs > 0 else None
+        total_steps = steps_per_epoch * max_epochs if max_epochs is not None else trainer.max_steps
+        if trainer.max_steps is not None and trainer.max_steps > 0:
+            total_steps = min(total_steps, trainer.max_steps)
+        total_steps = max(1, total_steps)
+        max_epochs = max_epochs or max(1, total_steps // steps_per_epoch)
         warmup_steps = int(hp.warmup_epochs * steps_per_epoch)
         milestones = hp.milestones if hp.milestones is not None else [max_epochs // 2, (3 * max_epochs) // 4]
         milestone_steps = [int(epoch) * steps_per_epoch for epoch in milestones]
