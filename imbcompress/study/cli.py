@@ -1,0 +1,188 @@
+"""``imbcompress study run|status|report``: the study command (argparse; not a LightningCLI)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import shutil
+import signal
+import sys
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from imbcompress.study.plan import Plan, expand, load_plan, save_plan
+from imbcompress.study.runner import DEFAULT_COMMAND, execute_run, run_plan
+from imbcompress.study.slurm import SlurmParams, describe, submit, write_dry_run
+from imbcompress.study.spec import load_study
+from imbcompress.study.state import INVOCATIONS_FILE, STATES, StudyLock, now, plan_states, read_status
+
+FAILED_EXIT = 1
+USAGE_EXIT = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imbcompress study", description="Run grids of fits and report them.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    run = sub.add_parser("run", help="run (or continue) every unfinished run of a study")
+    run.add_argument("study", help="study YAML file (docs/study.md)")
+    run.add_argument("--out", help="output directory (default: studies/<study name>)")
+    run.add_argument("--jobs", type=int, default=1, help="runs at once; each gets its share of CPU threads / GPUs")
+    run.add_argument("--executor", choices=["local", "slurm"], default="local")
+    run.add_argument("--dry-run", action="store_true", help="print the runs (local) or write sbatch previews (slurm)")
+    run.add_argument("--command", help=f"command that runs one fit (default: {shlex.join(DEFAULT_COMMAND)})")
+    run.add_argument("--slurm-partition", default=None)
+    run.add_argument("--slurm-time-min", type=int, default=24 * 60)
+    run.add_argument("--slurm-cpus", type=int, default=4, help="CPU cores per run")
+    run.add_argument("--slurm-gpus", type=int, default=1, help="GPUs per run (>1: DDP inside the run)")
+    run.add_argument("--slurm-mem-gb", type=int, default=16)
+    status = sub.add_parser("status", help="counts and a table of done/running/failed/blocked/pending runs")
+    status.add_argument("dir", help="study output directory")
+    report = sub.add_parser("report", help="tables, figures and report.md from the finished runs")
+    report.add_argument("dir", help="study output directory")
+    report.add_argument("--out", help="report directory (default: DIR/report)")
+    one = sub.add_parser("run-one", help="run one run of a planned study (what a SLURM job executes)")
+    one.add_argument("dir", help="study output directory")
+    one.add_argument("run_id")
+    one.add_argument("--command", help="command that runs one fit")
+    return parser
+
+
+def _prefix(command: str | None) -> list[str]:
+    return shlex.split(command) if command else list(DEFAULT_COMMAND)
+
+
+def _prepare_out(plan: Plan, argv: list[str]) -> None:
+    out = Path(plan.out_dir)
+    if (out / "plan.json").is_file():
+        previous = load_plan(out).name
+        if previous != plan.name:
+            raise ValueError(f"--out {out}: holds study {previous!r}, not {plan.name!r}; choose another directory")
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / INVOCATIONS_FILE, "a") as handle:
+        handle.write(f"{now()}  cwd={Path.cwd()}  imbcompress study {shlex.join(argv)}\n")
+    save_plan(plan)
+    if Path(plan.study_path).is_file():
+        shutil.copyfile(plan.study_path, out / "study.yaml")
+
+
+@contextmanager
+def _sigterm_exits() -> Iterator[None]:
+    """SIGTERM (e.g. a batch system stopping us) raises SystemExit, which unwinds the scheduler and stops its runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_local(plan: Plan, args: argparse.Namespace) -> int:
+    prefix = _prefix(args.command)
+    if args.dry_run:
+        for run in plan.runs:
+            after = f"  # after {', '.join(run.deps)}" if run.deps else ""
+            print(f"{run.id}:{after}\n  {shlex.join(run.command(prefix))}")
+        print(f"{len(plan.runs)} run(s); nothing was started (--dry-run)")
+        return 0
+    with StudyLock(plan.out_dir), _sigterm_exits():  # lock first, so a refused second run changes nothing
+        _prepare_out(plan, args.argv)
+        states = run_plan(plan, prefix, jobs=args.jobs, lock=False)
+    counts = Counter(states.values())
+    print("study finished: " + ", ".join(f"{state} {counts[state]}" for state in STATES if counts[state]))
+    return 0 if counts["done"] == len(states) else FAILED_EXIT
+
+
+def _run_slurm(plan: Plan, args: argparse.Namespace) -> int:
+    params = SlurmParams(
+        partition=args.slurm_partition, time_min=args.slurm_time_min, cpus_per_run=args.slurm_cpus,
+        gpus_per_run=args.slurm_gpus, mem_gb=args.slurm_mem_gb,
+    )  # fmt: skip
+    _prepare_out(plan, args.argv)
+    prefix = shlex.split(args.command) if args.command else None
+    if args.dry_run:
+        print(describe(write_dry_run(plan, params, prefix)))
+        return 0
+    job_ids, _ = submit(plan, params, prefix)
+    print(f"submitted {len(job_ids)} SLURM job(s); follow with `imbcompress study status {plan.out_dir}`")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``study run``: validate, expand, then run locally or on SLURM."""
+    study = load_study(args.study)
+    if args.jobs < 1:
+        raise ValueError(f"--jobs: invalid value {args.jobs} (allowed: an integer >= 1)")
+    plan = expand(study, args.out or Path("studies") / study.name)
+    return _run_slurm(plan, args) if args.executor == "slurm" else _run_local(plan, args)
+
+
+def _note(state: str, status: dict) -> str:
+    if state in ("failed", "blocked"):
+        # the last log line is usually the error message itself
+        last = [line for line in (status.get("log_tail") or "").splitlines() if line.strip()][-1:]
+        return ": ".join([status.get("error") or "", *last])[:160]
+    if state == "pending" and status.get("state") in ("running", "interrupted"):
+        return "interrupted; resumes from last.ckpt"
+    return ""
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """``study status``: counts, then one line per run."""
+    plan = load_plan(args.dir)
+    states = plan_states(plan)
+    counts = Counter(states.values())
+    print(f"study {plan.name}: {len(states)} runs: " + ", ".join(f"{s} {counts[s]}" for s in STATES))
+    width = max(len(run_id) for run_id in states)
+    print(f"{'run':<{width}}  {'state':<8} {'attempt':>7} {'exit':>5} {'time (s)':>9}  note")
+    for run in plan.runs:
+        status, state = read_status(run.dir), states[run.id]
+        rc = status.get("returncode")
+        print(
+            f"{run.id:<{width}}  {state:<8} {status.get('attempt', ''):>7} {'' if rc is None else rc:>5} "
+            f"{status.get('duration_s', ''):>9}  {_note(state, status)}"
+        )
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """``study report``: write tables, figures and report.md."""
+    from imbcompress.study.report import write_report  # matplotlib: only when a report is asked for
+
+    path = write_report(load_plan(args.dir), args.out)
+    print(f"report written to {path}")
+    return 0
+
+
+def cmd_run_one(args: argparse.Namespace) -> int:
+    """``study run-one``: one run in the foreground."""
+    plan = load_plan(args.dir)
+    runs = plan.by_id()
+    if args.run_id not in runs:
+        raise ValueError(f"run_id: unknown run {args.run_id!r} in {args.dir}")
+    state = execute_run(runs[args.run_id], _prefix(args.command))
+    print(f"{args.run_id}: {state}")
+    return 0 if state == "done" else FAILED_EXIT
+
+
+COMMANDS = {"run": cmd_run, "status": cmd_status, "report": cmd_report, "run-one": cmd_run_one}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``imbcompress study ...``; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    args.argv = argv
+    try:
+        return COMMANDS[args.action](args)
+    except (ValueError, RuntimeError) as error:
+        print(f"imbcompress study {args.action}: error: {error}", file=sys.stderr)
+        return USAGE_EXIT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""Expand a study into runs: one directory, one command and its dependencies per (variant, method, seed)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from imbcompress.study.spec import KD_CLASS_PATH, LAST_CKPT, Method, Study, Variant
+
+PLAN_FILE = "plan.json"
+GENERATED_FRAGMENT = "study_fragment.yaml"
+
+
+@dataclass
+class Run:
+    """One fit of the study: everything needed to launch, resume and report it (plain data, JSON-able)."""
+
+    id: str
+    dir: str
+    variant: dict
+    method: str
+    seed: int
+    deps: list[str] = field(default_factory=list)
+    configs: list[str] = field(default_factory=list)
+    callbacks: list[dict] = field(default_factory=list)
+    args: list[str] = field(default_factory=list)
+
+    def command(self, command_prefix: list[str], resume: bool = False) -> list[str]:
+        """The full command line; with ``resume`` it continues from ``checkpoints/last.ckpt``."""
+        cmd = [*command_prefix, "fit"]
+        for config in self.configs:
+            cmd += ["--config", config]
+        if self.callbacks:
+            cmd += ["--config", str(Path(self.dir) / GENERATED_FRAGMENT)]
+        cmd += self.args
+        if resume:
+            cmd += ["--ckpt_path", str(Path(self.dir) / LAST_CKPT)]
+        return cmd
+
+
+@dataclass
+class Plan:
+    """All runs of a study in dependency order, plus what the report needs to label them."""
+
+    name: str
+    study_path: str
+    out_dir: str
+    reference: str
+    methods: dict[str, dict]
+    variants: list[dict]
+    seeds: list[int]
+    runs: list[Run]
+
+    def by_id(self) -> dict[str, Run]:
+        """Runs keyed by id."""
+        return {run.id: run for run in self.runs}
+
+
+def run_id(variant: Variant | dict, method: str, seed: int) -> str:
+    """Stable id of a run, e.g. ``exponential-r100/qat_a3w3/seed0``."""
+    key = variant.key if isinstance(variant, Variant) else variant["key"]
+    return f"{key}/{method}/seed{seed}"
+
+
+def _distill_callback(teacher_dir: Path, distill: dict) -> dict:
+    init_args = {"teacher_checkpoint": str(teacher_dir / LAST_CKPT), **distill}
+    return {"class_path": KD_CLASS_PATH, "init_args": init_args}
+
+
+def _make_run(study: Study, out_dir: Path, variant: Variant, method: Method, seed: int) -> Run:
+    def dep_dir(name: str) -> Path:
+        return out_dir / "runs" / run_id(variant, name, seed)
+
+    rid = run_id(variant, method.name, seed)
+    run_dir = out_dir / "runs" / rid
+    callbacks = [dict(cb) for cb in method.callbacks]
+    if method.teacher is not None:
+        callbacks.append(_distill_callback(dep_dir(method.teacher), method.distill))
+    args = [*study.args, *method.args, *variant.cli_args()]
+    args += ["--seed_everything", str(seed), "--data.init_args.subset_seed", str(seed), "--run_dir", str(run_dir)]
+    if method.init_from is not None:
+        args += ["--model.init_args.init_from", str(dep_dir(method.init_from) / LAST_CKPT)]
+    return Run(
+        id=rid,
+        dir=str(run_dir),
+        variant=asdict(variant),
+        method=method.name,
+        seed=seed,
+        deps=[run_id(variant, dep, seed) for dep in method.dependencies()],
+        configs=[*study.base, *method.fragments],
+        callbacks=callbacks,
+        args=args,
+    )
+
+
+def method_order(study: Study) -> list[str]:
+    """Method names with every dependency before its dependants (stable otherwise)."""
+    ordered: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in ordered:
+            return
+        for dep in study.methods[name].dependencies():
+            visit(dep)
+        ordered.append(name)
+
+    for name in study.methods:
+        visit(name)
+    return ordered
+
+
+def expand(study: Study, out_dir: str | Path) -> Plan:
+    """Expand a validated study into a plan whose runs are in a valid execution order.
+
+    Args:
+        study: the validated study.
+        out_dir: the study output directory; each run gets ``out_dir/runs/<variant>/<method>/seed<S>``.
+
+    Returns:
+        The plan (dependencies always come before their dependants in ``plan.runs``).
+    """
+    out_dir = Path(out_dir).resolve()
+    runs = [
+        _make_run(study, out_dir, variant, study.methods[name], seed)
+        for name in method_order(study)
+        for variant in study.variants
+        for seed in study.seeds
+    ]
+    methods = {
+        name: {"bits": m.bits, "label": m.label or name, "deps": m.dependencies()} for name, m in study.methods.items()
+    }
+    return Plan(
+        name=study.name,
+        study_path=study.path,
+        out_dir=str(out_dir),
+        reference=study.reference,
+        methods=methods,
+        variants=[asdict(v) for v in study.variants],
+        seeds=list(study.seeds),
+        runs=runs,
+    )
+
+
+def write_json_atomic(path: str | Path, data: object) -> None:
+    """Write JSON through a temporary file and a rename so a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as handle:
+        json.dump(data, handle, indent=2)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def save_plan(plan: Plan) -> None:
+    """Write ``plan.json`` into the study output directory."""
+    write_json_atomic(Path(plan.out_dir) / PLAN_FILE, asdict(plan))
+
+
+def load_plan(out_dir: str | Path) -> Plan:
+    """Read the plan a previous ``study run`` wrote into ``out_dir``."""
+    path = Path(out_dir) / PLAN_FILE
+    if not path.is_file():
+        raise ValueError(f"study directory {out_dir}: no {PLAN_FILE} (run `imbcompress study run` first)")
+    with open(path) as handle:
+        data = json.load(handle)
+    data["runs"] = [Run(**run) for run in data["runs"]]
+    return Plan(**data)

@@ -1,0 +1,172 @@
+"""``study report``: read every finished run's metrics.json and write tables, figures and report.md."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import platform
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+
+from imbcompress.study.aggregate import GUARD_POINTS, gap_summary
+from imbcompress.study.figures import gap_figure, heatmap_figure
+from imbcompress.study.plan import Plan
+from imbcompress.study.state import INVOCATIONS_FILE, plan_states, read_metrics, read_status
+from imbcompress.study.tables import Table, gap_tables, metric_tables, robustness_tables, size_table
+
+LONG_COLUMNS = [
+    "variant", "method", "n_seeds", "gap_mean_pct", "gap_std_pct", "diff_mean_points", "diff_std_points",
+    "R_of_means", "R_per_seed_mean", "R_per_seed_std",
+]  # fmt: skip
+
+
+def load_records(plan: Plan) -> tuple[list[dict], list[str]]:
+    """One record per finished run (see :mod:`imbcompress.study.aggregate`) and the class names."""
+    records: list[dict] = []
+    class_names: list[str] = []
+    for run in plan.runs:
+        metrics = read_metrics(run.dir)
+        if metrics is None:
+            continue
+        test = metrics["test"]
+        records.append(
+            {
+                "variant": run.variant["key"],
+                "method": run.method,
+                "seed": run.seed,
+                "macro_f1": test["macro_f1"],
+                "accuracy": test.get("accuracy", math.nan),
+                "per_class_f1": test.get("per_class", {}).get("f1", []),
+                "model_size": metrics.get("model_size") or {},
+            }
+        )
+        class_names = class_names or list(metrics.get("class_names") or [])
+    return records, class_names
+
+
+def method_names(plan: Plan) -> list[str]:
+    """Methods in study order with the reference first."""
+    return [plan.reference, *(m for m in plan.methods if m != plan.reference)]
+
+
+def method_labels(plan: Plan) -> dict[str, str]:
+    """Display name of every method (its ``label`` in the study file, else its name)."""
+    return {name: info.get("label") or name for name, info in plan.methods.items()}
+
+
+def _pct(value: float) -> str:
+    return "" if math.isnan(value) else f"{100 * value:.3f}"
+
+
+def _num(value: float) -> str:
+    return "" if math.isnan(value) else f"{value:.4f}"
+
+
+def write_long_csv(summary: list[dict], path: Path) -> Path:
+    """Every cell of the gap/robustness tables with all its numbers, one row per (variant, method)."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(LONG_COLUMNS)
+        for row in summary:
+            diff = row.get("diff_points", (math.nan, math.nan))
+            per_seed = row.get("ratio_per_seed", (math.nan, math.nan))
+            writer.writerow(
+                [row["variant"], row["method"], row["n_seeds"], _pct(row["gap"][0]), _pct(row["gap"][1])]
+                + [_num(diff[0]), _num(diff[1]), _num(row.get("ratio_of_means", math.nan))]
+                + [_num(per_seed[0]), _num(per_seed[1])]
+            )
+    return path
+
+
+def _timing(plan: Plan) -> str:
+    statuses = [read_status(run.dir) for run in plan.runs]
+    done = [s for s in statuses if s.get("state") == "done"]
+    finished_h = sum(float(s.get("total_s") or s.get("duration_s") or 0) for s in done) / 3600
+    all_h = sum(float(s.get("total_s") or s.get("duration_s") or 0) for s in statuses) / 3600
+    starts = [s["first_started"] for s in statuses if s.get("first_started")]
+    ends = [s["ended"] for s in statuses if s.get("ended")]
+    span = ""
+    if starts and ends:
+        hours = (datetime.fromisoformat(max(ends)) - datetime.fromisoformat(min(starts))).total_seconds() / 3600
+        span = f"; wall clock {min(starts)} to {max(ends)} ({hours:.2f} h)"
+    return (
+        f"{finished_h:.2f} h of run time in the {len(done)} finished run(s) (all attempts), "
+        f"{all_h:.2f} h including failed attempts{span}"
+    )
+
+
+def _invocations(plan: Plan) -> list[str]:
+    path = Path(plan.out_dir) / INVOCATIONS_FILE
+    return path.read_text().splitlines() if path.is_file() else ["(none recorded)"]
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            names = [line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else platform.processor() or platform.machine()
+
+
+def _header(plan: Plan, records: list[dict]) -> list[str]:
+    counts = Counter(plan_states(plan).values())
+    state_text = ", ".join(f"{state} {counts[state]}" for state in ("done", "running", "failed", "blocked", "pending"))
+    return [
+        f"# Study report: {plan.name}",
+        "",
+        f"- Study file: `{plan.study_path}`; output directory `{plan.out_dir}`",
+        f"- Runs: {len(plan.runs)} ({state_text}); {len(records)} with results; seeds {plan.seeds}",
+        f"- Reference (uncompressed) configuration: `{plan.reference}`",
+        f"- Machine: {_cpu_model()}, {os.cpu_count()} CPU(s) visible, {platform.system()}, "
+        f"Python {platform.python_version()}",
+        f"- Time: {_timing(plan)}",
+        "- Commands (`invocations.log`):",
+        "",
+        *(f"      {line}" for line in _invocations(plan)),
+        "",
+        "Gap Δ = (F1_bal − F1_imb) / F1_bal per seed (each imbalanced run paired with the balanced run of the same "
+        "seed), then mean±std (sample std, ddof=1) over seeds. R is the ratio of the mean gaps, Δ_c / Δ_u, "
+        f"left empty where |mean Δ_u| < {GUARD_POINTS} points; `gaps_long.csv` also has the per-seed ratio "
+        "(mean±std over the seeds that pass the guard) and Δ_c − Δ_u in points.",
+        "",
+    ]
+
+
+def _figures(plan: Plan, records, summary, class_names, methods, out: Path) -> list[Path]:
+    labels = method_labels(plan)
+    paths = [gap_figure(summary, plan.variants, methods, out / "gap_vs_rho.png", labels)]
+    for variant in plan.variants:
+        path = out / f"per_class_f1_{variant['key']}.png"
+        paths.append(heatmap_figure(records, variant, methods, class_names, path, labels))
+    return [p for p in paths if p is not None]
+
+
+def write_report(plan: Plan, out_dir: str | Path | None = None, guard_points: float = GUARD_POINTS) -> Path:
+    """Aggregate a study directory into ``out_dir`` (default ``<study dir>/report``); returns report.md's path."""
+    out = Path(out_dir) if out_dir is not None else Path(plan.out_dir) / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    records, class_names = load_records(plan)
+    methods = method_names(plan)
+    summary = gap_summary(records, plan.reference, guard_points)
+    bits = {name: info.get("bits") for name, info in plan.methods.items()}
+    labels = method_labels(plan)
+    tables: list[Table] = [
+        *gap_tables(summary, plan.variants, methods, labels),
+        *robustness_tables(summary, plan.variants, methods, plan.reference, labels),
+        *metric_tables(records, plan.variants, methods, bits, "accuracy", labels),
+        *metric_tables(records, plan.variants, methods, bits, "macro_f1", labels),
+        size_table(records, methods, plan.reference, labels),
+    ]
+    lines = _header(plan, records)
+    for table in tables:
+        csv_path = table.write_csv(out)
+        lines += [table.markdown(), f"CSV: [{csv_path.name}]({csv_path.name})", ""]
+    long_csv = write_long_csv(summary, out / "gaps_long.csv")
+    lines += [f"All gap/robustness numbers: [{long_csv.name}]({long_csv.name})", "", "## Figures", ""]
+    lines += [f"![{path.stem}]({path.name})\n" for path in _figures(plan, records, summary, class_names, methods, out)]
+    report = out / "report.md"
+    report.write_text("\n".join(lines))
+    return report

@@ -1,0 +1,250 @@
+"""Run a study's plan locally: dependency order, several runs at once, resume, failure isolation."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from imbcompress.study.plan import GENERATED_FRAGMENT, Plan, Run, save_plan
+from imbcompress.study.state import (
+    LOG_FILE,
+    StudyLock,
+    has_checkpoint,
+    is_done,
+    log_tail,
+    now,
+    read_status,
+    update_status,
+)
+
+DEFAULT_COMMAND = [sys.executable, "-m", "imbcompress"]
+POLL_SECONDS = 0.2
+TERMINATE_GRACE_SECONDS = 10.0
+
+
+def detect_gpus() -> list[int]:
+    """Indices of the visible CUDA devices (none without ``nvidia-smi``, so CPU machines never import torch)."""
+    if shutil.which("nvidia-smi") is None:
+        return []
+    import torch
+
+    return list(range(torch.cuda.device_count()))
+
+
+def slot_envs(jobs: int, gpus: list[int], cpus: int | None = None) -> list[dict[str, str]]:
+    """Environment overrides of each concurrent slot: a share of the CPU threads, or its own GPU(s).
+
+    Args:
+        jobs: number of runs at once.
+        gpus: visible GPU indices; split evenly across slots (a slot may get several for DDP).
+        cpus: CPU cores to share (default: all).
+
+    Returns:
+        One environment dict per slot.
+    """
+    if jobs < 1:
+        raise ValueError(f"jobs: invalid value {jobs} (allowed: an integer >= 1)")
+    threads = max(1, (cpus or os.cpu_count() or 1) // jobs)
+    envs = []
+    for slot in range(jobs):
+        env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        if gpus:
+            share = max(1, len(gpus) // jobs)
+            mine = [gpus[(slot * share + i) % len(gpus)] for i in range(share)]
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in mine)
+        envs.append(env)
+    return envs
+
+
+def prepare_run(run: Run) -> None:
+    """Create the run directory and write its generated fragment (inline callbacks, the distillation teacher)."""
+    Path(run.dir).mkdir(parents=True, exist_ok=True)
+    if run.callbacks:
+        fragment = {"trainer": {"callbacks+": run.callbacks}}
+        tmp = Path(run.dir) / f".{GENERATED_FRAGMENT}.tmp"
+        tmp.write_text(yaml.safe_dump(fragment, sort_keys=False))
+        os.replace(tmp, Path(run.dir) / GENERATED_FRAGMENT)
+
+
+def launch(run: Run, command_prefix: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start one run as a subprocess, resuming from its last checkpoint when it has one.
+
+    The log is appended to, so the output of earlier attempts is kept.
+    """
+    if is_done(run.dir):
+        raise RuntimeError(f"run {run.id} is finished; refusing to start it again")
+    prepare_run(run)
+    resume = has_checkpoint(run.dir)
+    cmd = run.command(command_prefix, resume=resume)
+    previous = read_status(run.dir)
+    attempt = int(previous.get("attempt", 0)) + 1
+    with open(Path(run.dir) / LOG_FILE, "a") as log:
+        log.write(f"\n=== attempt {attempt} at {now()} ({'resume' if resume else 'start'}) ===\n$ {' '.join(cmd)}\n")
+        log.flush()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    update_status(
+        run.dir, state="running", attempt=attempt, resumed=resume, pid=proc.pid, command=cmd, started=now(),
+        first_started=previous.get("first_started") or now(), returncode=None, error=None,
+    )  # fmt: skip
+    return proc
+
+
+def finalize(run: Run, returncode: int, started: float) -> str:
+    """Record how a finished subprocess ended; returns ``done`` or ``failed``."""
+    duration = round(time.monotonic() - started, 1)
+    total = round(float(read_status(run.dir).get("total_s") or 0.0) + duration, 1)
+    if returncode == 0 and is_done(run.dir):
+        update_status(run.dir, state="done", returncode=0, ended=now(), duration_s=duration, total_s=total)
+        return "done"
+    error = f"exit code {returncode}" if returncode != 0 else "exit code 0 but metrics.json is missing or incomplete"
+    update_status(
+        run.dir, state="failed", returncode=returncode, error=error, log_tail=log_tail(run.dir), ended=now(),
+        duration_s=duration, total_s=total,
+    )  # fmt: skip
+    return "failed"
+
+
+def execute_run(run: Run, command_prefix: list[str] | None = None, env: dict[str, str] | None = None) -> str:
+    """Run one run to completion in the foreground (what a SLURM job does); returns its final state."""
+    if is_done(run.dir):
+        return "done"
+    plan_root = Path(run.dir).parents[3]
+    missing = [dep for dep in run.deps if not is_done(plan_root / "runs" / dep)]
+    if missing:
+        Path(run.dir).mkdir(parents=True, exist_ok=True)
+        update_status(run.dir, state="blocked", error=f"dependencies not finished: {', '.join(missing)}")
+        return "blocked"
+    started = time.monotonic()
+    proc = launch(run, command_prefix or DEFAULT_COMMAND, env)
+    return finalize(run, proc.wait(), started)
+
+
+@dataclass
+class _Active:
+    run: Run
+    proc: subprocess.Popen
+    slot: int
+    started: float
+
+
+@dataclass
+class LocalScheduler:
+    """Runs a plan's runs as subprocesses, at most ``jobs`` at once, dependencies first.
+
+    Args:
+        plan: the expanded study.
+        command_prefix: the command that runs ``fit`` (default ``python -m imbcompress``); tests inject a fake.
+        jobs: runs at once; each gets ``cpus // jobs`` threads, or its share of the GPUs.
+        gpus: GPU indices to share out (default: detected).
+        echo: where progress lines go.
+    """
+
+    plan: Plan
+    command_prefix: list[str] = field(default_factory=lambda: list(DEFAULT_COMMAND))
+    jobs: int = 1
+    gpus: list[int] | None = None
+    echo: Callable[[str], None] = print
+
+    def __post_init__(self) -> None:
+        self.envs = slot_envs(self.jobs, detect_gpus() if self.gpus is None else self.gpus)
+        self.states: dict[str, str] = {}
+        self.active: dict[str, _Active] = {}
+
+    def _pending(self) -> list[Run]:
+        return [run for run in self.plan.runs if run.id not in self.states and run.id not in self.active]
+
+    def _block_orphans(self) -> None:
+        for run in self._pending():
+            bad = [dep for dep in run.deps if self.states.get(dep) in ("failed", "blocked")]
+            if bad:
+                self.states[run.id] = "blocked"
+                Path(run.dir).mkdir(parents=True, exist_ok=True)
+                update_status(run.dir, state="blocked", error=f"dependency failed or blocked: {', '.join(bad)}")
+                self.echo(f"[blocked] {run.id} (needs {', '.join(bad)})")
+
+    def _launch_ready(self) -> None:
+        free = [slot for slot in range(self.jobs) if slot not in {a.slot for a in self.active.values()}]
+        for run in self._pending():
+            if not free:
+                return
+            if all(self.states.get(dep) == "done" for dep in run.deps):
+                slot = free.pop(0)
+                try:
+                    proc = launch(run, self.command_prefix, self.envs[slot])
+                except OSError as error:  # e.g. the command does not exist: this run fails, the study goes on
+                    self.states[run.id] = "failed"
+                    update_status(run.dir, state="failed", returncode=None, error=f"could not start: {error}")
+                    self.echo(f"[failed] {run.id} (could not start: {error})")
+                    free.insert(0, slot)
+                    continue
+                self.active[run.id] = _Active(run, proc, slot, time.monotonic())
+                self.echo(f"[start] {run.id} (pid {proc.pid})")
+
+    def _reap(self) -> bool:
+        finished = [a for a in self.active.values() if a.proc.poll() is not None]
+        for item in finished:
+            del self.active[item.run.id]
+            state = finalize(item.run, item.proc.returncode, item.started)
+            self.states[item.run.id] = state
+            self.echo(f"[{state}] {item.run.id}" + ("" if state == "done" else f" (exit {item.proc.returncode})"))
+        return bool(finished)
+
+    def _stop_all(self) -> None:
+        for item in self.active.values():
+            item.proc.terminate()
+        deadline = time.monotonic() + TERMINATE_GRACE_SECONDS
+        for item in self.active.values():
+            try:
+                item.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                item.proc.kill()
+                item.proc.wait()
+            update_status(item.run.dir, state="interrupted", returncode=item.proc.returncode, ended=now())
+        self.active.clear()
+
+    def run(self) -> dict[str, str]:
+        """Execute every unfinished run; returns the final state of each run (done / failed / blocked)."""
+        for run in self.plan.runs:
+            if is_done(run.dir):
+                self.states[run.id] = "done"
+        try:
+            while True:
+                self._block_orphans()
+                self._launch_ready()
+                if not self.active:
+                    self._block_orphans()  # runs that failed to start in this pass block their dependants
+                    break
+                if not self._reap():
+                    time.sleep(POLL_SECONDS)
+        finally:
+            self._stop_all()
+        return {run.id: self.states.get(run.id, "pending") for run in self.plan.runs}
+
+
+def run_plan(
+    plan: Plan,
+    command_prefix: list[str] | None = None,
+    jobs: int = 1,
+    gpus: list[int] | None = None,
+    echo: Callable[[str], None] = print,
+    lock: bool = True,
+) -> dict[str, str]:
+    """Run a plan (see :class:`LocalScheduler`); returns the state of every run.
+
+    With ``lock`` the study lock is taken here; pass False when the caller already holds it.
+    """
+    scheduler = LocalScheduler(plan, list(command_prefix or DEFAULT_COMMAND), jobs, gpus, echo)
+    if not lock:
+        save_plan(plan)
+        return scheduler.run()
+    with StudyLock(plan.out_dir):
+        save_plan(plan)
+        return scheduler.run()

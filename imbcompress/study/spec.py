@@ -1,0 +1,302 @@
+"""Study files: parse and validate a study YAML, expand it into runs with dependencies.
+
+A study is (balanced + imbalance variants) x methods x seeds. Everything is checked before any run starts:
+unknown keys, bad values, missing fragment files, unknown dependency names and dependency cycles all raise a
+``ValueError`` that names the key and the value.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TOP_KEYS = ("name", "description", "base", "args", "imbalance", "methods", "reference", "seeds")
+VARIANT_KEYS = ("profile", "ratio", "minority_classes", "head")
+METHOD_KEYS = ("fragments", "callbacks", "init_from", "teacher", "distill", "args", "bits", "label")
+DISTILL_KEYS = ("alpha", "temperature")
+PROFILES = ("balanced", "step", "linear", "exponential")
+HEADS = ("first", "last")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.+-]+$")
+KD_CLASS_PATH = "imbcompress.callbacks.KnowledgeDistillation"
+LAST_CKPT = "checkpoints/last.ckpt"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One training-data setting; ``key`` is its stable id (``balanced``, ``step-r100-m5``, ``exponential-r10``)."""
+
+    key: str
+    profile: str
+    ratio: float = 1.0
+    minority_classes: int | None = None
+    head: str = "first"
+
+    def cli_args(self) -> list[str]:
+        """Data-module arguments of this variant (all four always given, overriding a data fragment's own)."""
+        minority = "null" if self.minority_classes is None else str(self.minority_classes)
+        return [
+            f"--data.init_args.profile={self.profile}",
+            f"--data.init_args.imbalance_ratio={_fmt_num(self.ratio)}",
+            f"--data.init_args.minority_classes={minority}",
+            f"--data.init_args.head={self.head}",
+        ]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One configuration (model + compression setting) as named in the study file."""
+
+    name: str
+    fragments: tuple[str, ...] = ()
+    callbacks: tuple[dict, ...] = ()
+    init_from: str | None = None
+    teacher: str | None = None
+    distill: dict = field(default_factory=dict)
+    args: tuple[str, ...] = ()
+    bits: int | None = None
+    label: str | None = None
+
+    def dependencies(self) -> list[str]:
+        """Names of the methods whose checkpoints this one needs."""
+        return list(dict.fromkeys(dep for dep in (self.init_from, self.teacher) if dep is not None))
+
+
+@dataclass(frozen=True)
+class Study:
+    """A validated study file."""
+
+    name: str
+    path: str
+    base: tuple[str, ...]
+    args: tuple[str, ...]
+    variants: tuple[Variant, ...]
+    methods: dict[str, Method]
+    reference: str
+    seeds: tuple[int, ...]
+    description: str = ""
+
+
+def _fmt_num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _err(path: str, key: str, message: str) -> ValueError:
+    return ValueError(f"study file {path}: {key}: {message}")
+
+
+def _check_keys(path: str, where: str, data: Any, allowed: tuple[str, ...]) -> dict:
+    if not isinstance(data, dict):
+        raise _err(path, where, f"expected a mapping, got {data!r}")
+    unknown = [key for key in data if key not in allowed]
+    if unknown:
+        raise _err(path, where, f"unknown key {unknown[0]!r} (allowed: {', '.join(allowed)})")
+    return data
+
+
+def _as_list(value: Any) -> list:
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def _str_list(path: str, key: str, value: Any) -> tuple[str, ...]:
+    items = _as_list(value if value is not None else [])
+    if not all(isinstance(item, str) for item in items):
+        raise _err(path, key, f"expected a list of strings, got {value!r}")
+    return tuple(items)
+
+
+def resolve_fragment(fragment: str, study_dir: Path, check_files: bool = True) -> str:
+    """Absolute path of a fragment: as given if absolute, else under the study's directory, else under the cwd."""
+    candidate = Path(fragment)
+    if candidate.is_absolute():
+        found = candidate if candidate.exists() else None
+    else:
+        found = next((p for p in (study_dir / candidate, Path.cwd() / candidate) if p.exists()), None)
+    if found is not None:
+        return str(found.resolve())
+    if check_files:
+        raise FileNotFoundError(fragment)
+    return str((Path.cwd() / candidate).resolve())
+
+
+def _fragments(path: str, key: str, value: Any, study_dir: Path, check_files: bool) -> tuple[str, ...]:
+    resolved = []
+    for fragment in _str_list(path, key, value):
+        try:
+            resolved.append(resolve_fragment(fragment, study_dir, check_files))
+        except FileNotFoundError:
+            where = f"{study_dir} or {Path.cwd()}"
+            raise _err(path, key, f"fragment file {fragment!r} not found (looked under {where})") from None
+    return tuple(resolved)
+
+
+def _numbers(path: str, key: str, value: Any, minimum: float, integer: bool) -> list:
+    items = _as_list(value)
+    kind = int if integer else int | float
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, kind) or item < minimum:
+            what = "integers" if integer else "numbers"
+            raise _err(path, key, f"invalid value {item!r} (allowed: {what} >= {minimum})")
+    return items
+
+
+def _variant_key(profile: str, ratio: float, minority: int | None, head: str) -> str:
+    key = profile if profile == "balanced" else f"{profile}-r{_fmt_num(ratio)}"
+    if minority is not None:
+        key += f"-m{minority}"
+    return key if head == "first" else f"{key}-head{head}"
+
+
+def _parse_variant(path: str, index: int, data: Any) -> list[Variant]:
+    where = f"imbalance[{index}]"
+    data = _check_keys(path, where, data, VARIANT_KEYS)
+    profile = data.get("profile")
+    if profile not in PROFILES:
+        raise _err(path, f"{where}.profile", f"invalid value {profile!r} (allowed: {', '.join(PROFILES)})")
+    head = data.get("head", "first")
+    if head not in HEADS:
+        raise _err(path, f"{where}.head", f"invalid value {head!r} (allowed: {', '.join(HEADS)})")
+    if profile == "balanced":
+        return [Variant(_variant_key(profile, 1.0, None, head), profile, head=head)]
+    if "ratio" not in data:
+        raise _err(path, f"{where}.ratio", f"required for profile {profile!r}")
+    ratios = _numbers(path, f"{where}.ratio", data["ratio"], 1, integer=False)
+    if profile == "step":
+        if "minority_classes" not in data:
+            raise _err(path, f"{where}.minority_classes", "required for profile 'step'")
+        minorities: list = _numbers(path, f"{where}.minority_classes", data["minority_classes"], 1, integer=True)
+    elif "minority_classes" in data:
+        raise _err(path, f"{where}.minority_classes", f"only allowed for profile 'step', not {profile!r}")
+    else:
+        minorities = [None]
+    return [
+        Variant(_variant_key(profile, float(r), m, head), profile, float(r), m, head)
+        for r in ratios
+        for m in minorities
+    ]
+
+
+def _parse_variants(path: str, data: Any) -> tuple[Variant, ...]:
+    variants = [Variant("balanced", "balanced")]
+    for index, entry in enumerate(_as_list(data if data is not None else [])):
+        variants.extend(_parse_variant(path, index, entry))
+    unique = {variant.key: variant for variant in variants}
+    return tuple(unique.values())
+
+
+def _parse_distill(path: str, where: str, data: Any, teacher: Any) -> dict:
+    if data is None:
+        return {}
+    if teacher is None:
+        raise _err(path, f"{where}.distill", "only allowed together with 'teacher'")
+    data = _check_keys(path, f"{where}.distill", data, DISTILL_KEYS)
+    for key, value in data.items():
+        _numbers(path, f"{where}.distill.{key}", value, 0, integer=False)
+    return dict(data)
+
+
+def _parse_method(path: str, name: Any, data: Any, study_dir: Path, check_files: bool) -> Method:
+    where = f"methods.{name}"
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise _err(path, "methods", f"invalid method name {name!r} (allowed: letters, digits, _ . + -)")
+    data = _check_keys(path, where, data if data is not None else {}, METHOD_KEYS)
+    callbacks = _as_list(data.get("callbacks") or [])
+    if not all(isinstance(cb, dict) and "class_path" in cb for cb in callbacks):
+        raise _err(
+            path, f"{where}.callbacks", f"expected a list of {{class_path, init_args}} mappings, got {callbacks}"
+        )
+    bits = data.get("bits")
+    if bits is not None:
+        _numbers(path, f"{where}.bits", bits, 1, integer=True)
+    return Method(
+        name=name,
+        fragments=_fragments(path, f"{where}.fragments", data.get("fragments"), study_dir, check_files),
+        callbacks=tuple(callbacks),
+        init_from=data.get("init_from"),
+        teacher=data.get("teacher"),
+        distill=_parse_distill(path, where, data.get("distill"), data.get("teacher")),
+        args=_str_list(path, f"{where}.args", data.get("args")),
+        bits=bits,
+        label=data.get("label"),
+    )
+
+
+def _check_dependencies(path: str, methods: dict[str, Method]) -> None:
+    for method in methods.values():
+        for key in ("init_from", "teacher"):
+            dep = getattr(method, key)
+            if dep is not None and dep not in methods:
+                allowed = ", ".join(methods)
+                raise _err(path, f"methods.{method.name}.{key}", f"unknown method {dep!r} (allowed: {allowed})")
+    state: dict[str, int] = {}
+
+    def visit(name: str, trail: list[str]) -> None:
+        if state.get(name) == 2:
+            return
+        if state.get(name) == 1:
+            cycle = " -> ".join(trail[trail.index(name) :] + [name])
+            raise _err(path, "methods", f"dependency cycle: {cycle}")
+        state[name] = 1
+        for dep in methods[name].dependencies():
+            visit(dep, trail + [name])
+        state[name] = 2
+
+    for name in methods:
+        visit(name, [])
+
+
+def _parse_seeds(path: str, data: Any) -> tuple[int, ...]:
+    seeds = _numbers(path, "seeds", data if data is not None else [0], 0, integer=True)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise _err(path, "seeds", f"expected a non-empty list of distinct integers, got {data!r}")
+    return tuple(seeds)
+
+
+def parse_study(data: Any, path: str = "<study>", check_files: bool = True) -> Study:
+    """Validate a loaded study mapping.
+
+    Args:
+        data: the YAML content (a mapping).
+        path: the study file's path; relative fragment paths are resolved against its directory first.
+        check_files: whether a missing fragment file is an error.
+
+    Returns:
+        The validated study.
+    """
+    data = _check_keys(path, "top level", data, TOP_KEYS)
+    name = data.get("name")
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise _err(path, "name", f"invalid value {name!r} (allowed: a non-empty name of letters, digits, _ . + -)")
+    study_dir = Path(path).resolve().parent
+    methods_data = data.get("methods")
+    if not isinstance(methods_data, dict) or not methods_data:
+        raise _err(path, "methods", f"expected a non-empty mapping of method name -> settings, got {methods_data!r}")
+    methods = {key: _parse_method(path, key, value, study_dir, check_files) for key, value in methods_data.items()}
+    _check_dependencies(path, methods)
+    reference = data.get("reference", next(iter(methods)))
+    if reference not in methods:
+        raise _err(path, "reference", f"unknown method {reference!r} (allowed: {', '.join(methods)})")
+    return Study(
+        name=name,
+        path=str(Path(path).resolve()) if path != "<study>" else path,
+        base=_fragments(path, "base", data.get("base"), study_dir, check_files),
+        args=_str_list(path, "args", data.get("args")),
+        variants=_parse_variants(path, data.get("imbalance")),
+        methods=methods,
+        reference=reference,
+        seeds=_parse_seeds(path, data.get("seeds")),
+        description=str(data.get("description", "")),
+    )
+
+
+def load_study(path: str | Path, check_files: bool = True) -> Study:
+    """Read and validate a study YAML file (see ``docs/study.md``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"study file {path}: not found")
+    with open(path) as handle:
+        data = yaml.safe_load(handle)
+    return parse_study(data, str(path), check_files)

@@ -1,0 +1,82 @@
+"""A stand-in for ``imbcompress fit`` used by the study tests.
+
+It checks what a real fit would need (config files and dependency checkpoints exist), records its call,
+writes ``checkpoints/last.ckpt`` and then an atomic ``metrics.json``. Environment switches (substrings of
+the run directory): ``FAKE_FIT_FAIL`` exits 3, ``FAKE_FIT_DIE`` SIGKILLs itself after the checkpoint,
+``FAKE_FIT_HANG`` sleeps after the checkpoint (until killed) unless resuming.
+"""
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+
+def option(argv: list[str], name: str) -> str | None:
+    return argv[argv.index(name) + 1] if name in argv else None
+
+
+def matches(variable: str, run_dir: str) -> bool:
+    pattern = os.environ.get(variable)
+    return bool(pattern) and pattern in run_dir
+
+
+def check_inputs(argv: list[str]) -> str | None:
+    configs = [argv[i + 1] for i, arg in enumerate(argv) if arg == "--config"]
+    for config in configs:
+        if not Path(config).is_file():
+            return f"config {config} missing"
+        text = Path(config).read_text()
+        if "teacher_checkpoint" in text:
+            teacher = text.split("teacher_checkpoint:")[1].split()[0]
+            if not Path(teacher).is_file():
+                return f"teacher {teacher} missing"
+    init_from = option(argv, "--model.init_args.init_from")
+    if init_from and not Path(init_from).is_file():
+        return f"init_from {init_from} missing"
+    return None
+
+
+def fake_metrics(argv: list[str]) -> dict:
+    ratio = float(option(argv, "--data.init_args.imbalance_ratio") or 1)
+    f1 = 0.9 - 0.05 * (ratio > 1) - 0.001 * ratio
+    return {
+        "schema_version": 1,
+        "test": {"macro_f1": f1, "accuracy": f1 + 0.01, "per_class": {"f1": [f1] * 10}},
+        "model_size": {"total_params": 100, "nnz": 90, "weight_storage_mib": 0.1, "paper_mibit": 0.5},
+        "class_names": [f"c{i}" for i in range(10)],
+        "seed": int(option(argv, "--seed_everything") or 0),
+    }
+
+
+def main(argv: list[str]) -> int:
+    run_dir = Path(option(argv, "--run_dir"))
+    resume = option(argv, "--ckpt_path")
+    record = {"run_dir": str(run_dir), "resume": resume, "omp": os.environ.get("OMP_NUM_THREADS"), "argv": argv}
+    with open(os.environ["FAKE_FIT_LOG"], "a") as log:
+        log.write(json.dumps(record) + "\n")
+    problem = check_inputs(argv)
+    if problem:
+        print(f"fake fit: {problem}", file=sys.stderr)
+        return 4
+    if matches("FAKE_FIT_FAIL", str(run_dir)):
+        print("boom: simulated failure", file=sys.stderr)
+        return 3
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (run_dir / "checkpoints" / "last.ckpt").write_text("half-trained")
+    if matches("FAKE_FIT_DIE", str(run_dir)):
+        os.kill(os.getpid(), signal.SIGKILL)
+    if matches("FAKE_FIT_HANG", str(run_dir)) and not resume:
+        (run_dir / "hanging").write_text("yes")
+        time.sleep(120)
+    tmp = run_dir / ".metrics.json.tmp"
+    tmp.write_text(json.dumps(fake_metrics(argv)))
+    os.replace(tmp, run_dir / "metrics.json")
+    print("fake fit: done")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,101 @@
+"""study report on hand-made metrics.json files: the numbers in the tables, CSVs, figures and report.md."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from imbcompress.study.cli import main
+from imbcompress.study.plan import expand, save_plan
+from imbcompress.study.spec import load_study
+
+from .conftest import write_study
+
+# macro-F1 by (variant, method, seed); gaps by hand: step-r100-m5 fp32: (0.8-0.4)/0.8 = 0.5, (0.9-0.54)/0.9 = 0.4
+F1 = {
+    ("balanced", "fp32"): (0.80, 0.90),
+    ("balanced", "q"): (0.70, 0.80),
+    ("step-r100-m2", "fp32"): (0.60, 0.72),  # gaps 0.25, 0.20
+    ("step-r100-m2", "q"): (0.49, 0.52),  # gaps 0.30, 0.35
+    ("step-r100-m5", "fp32"): (0.40, 0.54),  # gaps 0.50, 0.40
+    ("step-r100-m5", "q"): (0.28, 0.40),  # gaps 0.60, 0.50
+    ("step-r10-m2", "fp32"): (0.798, 0.8982),  # gaps 0.25 points, 0.2 points: under the guard
+    ("step-r10-m2", "q"): (0.69, 0.79),
+    ("exponential-r100", "fp32"): (0.60, 0.63),  # gaps 0.25, 0.30
+}
+
+
+def write_metrics(run, f1: float) -> None:
+    Path(run.dir).mkdir(parents=True, exist_ok=True)
+    nnz = 1000 if run.method == "fp32" else 250
+    metrics = {
+        "schema_version": 1,
+        "class_names": ["cat", "dog", "frog"],
+        "test": {"accuracy": f1 + 0.05, "macro_f1": f1, "per_class": {"f1": [f1 + 0.1, f1, f1 - 0.1]}},
+        "model_size": {"total_params": nnz + 10, "nnz": nnz, "weight_storage_mib": nnz / 2**18, "paper_mibit": 0.1},
+        "seed": run.seed,
+    }
+    (Path(run.dir) / "metrics.json").write_text(json.dumps(metrics))
+
+
+@pytest.fixture
+def study_dir(tmp_path):
+    imbalance = [
+        {"profile": "step", "ratio": [10, 100], "minority_classes": [2, 5]},
+        {"profile": "exponential", "ratio": [100]},
+    ]
+    methods = {"fp32": {"label": "FP32"}, "q": {"fragments": ["frags/quant.yaml"], "init_from": "fp32", "bits": 3}}
+    study = load_study(write_study(tmp_path, imbalance=imbalance, methods=methods, seeds=[0, 1]))
+    plan = expand(study, tmp_path / "out")
+    save_plan(plan)
+    for run in plan.runs:
+        if (run.variant["key"], run.method) in F1:
+            write_metrics(run, F1[(run.variant["key"], run.method)][run.seed])
+    return Path(plan.out_dir)
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_report_numbers_tables_and_figures(study_dir):
+    assert main(["report", str(study_dir)]) == 0
+    out = study_dir / "report"
+    rows = {(r["variant"], r["method"]): r for r in read_csv(out / "gaps_long.csv")}
+    fp32 = rows[("step-r100-m5", "fp32")]
+    assert float(fp32["gap_mean_pct"]) == pytest.approx(45.0)
+    assert float(fp32["gap_std_pct"]) == pytest.approx(7.0711, abs=1e-3)
+    q = rows[("step-r100-m5", "q")]
+    assert float(q["gap_mean_pct"]) == pytest.approx(55.0)
+    assert float(q["R_of_means"]) == pytest.approx(0.55 / 0.45, abs=1e-4)
+    assert float(q["R_per_seed_mean"]) == pytest.approx((1.2 + 1.25) / 2, abs=1e-4)
+    assert float(q["diff_mean_points"]) == pytest.approx(10.0)
+    guarded = rows[("step-r10-m2", "q")]
+    assert guarded["R_of_means"] == "" and guarded["diff_mean_points"] != ""
+    assert ("exponential-r100", "q") not in rows  # no results for that cell
+
+    gap_step = read_csv(out / "gap_step_first.csv")
+    by_rho = {r["ρ"]: r for r in gap_step}
+    assert by_rho["100"]["FP32"] == "22.5±3.5 / 45.0±7.1"
+    robust = {r["ρ"]: r for r in read_csv(out / "robustness_step_first.csv")}
+    assert robust["10"]["q"].startswith("– (")
+    assert robust["100"]["q"].split(" / ")[1] == "1.22 (+10.0)"
+    size = {r["method"]: r for r in read_csv(out / "model_size.csv")}
+    assert size["q"]["NNZ"] == "250" and size["q"]["sparsity (%)"] == "75.0"
+    accuracy = {r["method"]: r for r in read_csv(out / "accuracy_3-bit.csv")}
+    assert accuracy["FP32"]["balanced"] == "90.0±7.1"  # accuracy = F1 + 5 points
+
+    report = (out / "report.md").read_text()
+    for name in ("gap_vs_rho.png", "per_class_f1_balanced.png", "per_class_f1_step-r100-m5.png", "gap_step_first.csv"):
+        assert name in report
+        assert (out / name).stat().st_size > 0
+    assert not (out / "per_class_f1_step-r10-m5.png").exists()  # a variant without results has no heat map
+    assert "Each cell: μ=2 / μ=5 minority classes." in report
+
+
+def test_report_to_another_directory(study_dir, tmp_path):
+    assert main(["report", str(study_dir), "--out", str(tmp_path / "elsewhere")]) == 0
+    assert (tmp_path / "elsewhere" / "report.md").is_file()
+    assert not (study_dir / "report").exists()
