@@ -55,9 +55,9 @@ class ImbCompressCLI(LightningCLI):
 
     def after_predict(self) -> None:
         predictions = self.trainer.predict_loop.predictions
+        run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # a collective under DDP: all ranks
         if not predictions or not self.trainer.is_global_zero:
             return
-        run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         rows = {key: torch.cat([batch[key] for batch in predictions]) for key in ("prediction", "target")}
         lines = ["index,target,prediction"] + [
             f"{i},{int(t)},{int(p)}" for i, (t, p) in enumerate(zip(rows["target"], rows["prediction"]))

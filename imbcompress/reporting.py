@@ -132,12 +132,11 @@ def _log_figures(trainer: pl.Trainer, class_names: list[str], results: dict[str,
     plt.close(confusion_figure)
 
 
-def report_test_results(trainer: pl.Trainer, task: Any, results: dict[str, Any]) -> dict[str, Any]:
-    """Print the per-class table, write ``metrics.json`` to the run directory and log figures (rank 0 only)."""
+def report_test_results(trainer: pl.Trainer, task: Any, results: dict[str, Any], run_dir: str) -> dict[str, Any]:
+    """Print the per-class table, write ``metrics.json`` to ``run_dir`` and log figures (call on rank 0 only)."""
     metrics = build_metrics(trainer, task, results)
     print(format_per_class_table(metrics["class_names"], results, metrics["train_class_counts"]))
-    run_dir = Path(trainer.log_dir or trainer.default_root_dir)
-    write_json_atomic(run_dir / METRICS_FILE, metrics)
-    print(f"wrote {run_dir / METRICS_FILE}")
+    write_json_atomic(Path(run_dir) / METRICS_FILE, metrics)
+    print(f"wrote {Path(run_dir) / METRICS_FILE}")
     _log_figures(trainer, metrics["class_names"], results)
     return metrics

@@ -240,8 +240,10 @@ class ImbalanceClassifier(LightningModule):
     def on_test_epoch_end(self) -> None:
         results = self._finish_eval("test", self.test_confusion, self.test_loss)
         self.last_test_results = results
+        # log_dir is a collective under DDP (a broadcast): every rank must ask for it, not only rank 0.
+        run_dir = self.trainer.log_dir or self.trainer.default_root_dir
         if self.trainer.is_global_zero:
-            report_test_results(self.trainer, self, results)
+            report_test_results(self.trainer, self, results, run_dir)
 
     @property
     def class_names(self) -> list[str]:

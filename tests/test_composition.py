@@ -1,0 +1,140 @@
+"""Compression methods compose in one fit, in either order, and their checkpoints reload to the same metrics."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from cli_helpers import CONFIGS, QUIET, REPO, fake_data_args, fit
+from fakedata import make_fake_cifar
+from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from imbcompress.callbacks import ClimbQ, FilterPruning, KnowledgeDistillation, QuantizationAwareTraining
+from imbcompress.data import ImbalancedDataModule
+from imbcompress.task import ImbalanceClassifier
+
+METHODS: dict[str, Callable[[Path], Callback]] = {
+    "prune": lambda teacher: FilterPruning(target_sparsity=0.5),
+    "dorefa": lambda teacher: QuantizationAwareTraining(weight_bits=3, activation_bits=3),
+    "distill": lambda teacher: KnowledgeDistillation(teacher_checkpoint=str(teacher), alpha=0.7, temperature=2.0),
+    "climbq": lambda teacher: ClimbQ(bits=2, homovar=True),
+}
+QUANTIZERS = {"dorefa", "climbq"}
+PAIRS = [pair for pair in itertools.permutations(METHODS, 2) if set(pair) != QUANTIZERS]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_fake_cifar(tmp_path_factory.mktemp("data"), train_per_class=12, test_per_class=4)
+
+
+def _datamodule(root: Path) -> ImbalancedDataModule:
+    return ImbalancedDataModule(dataset="cifar10", root=str(root), profile="exponential", imbalance_ratio=3, batch_size=24)
+
+
+def _trainer(workdir: Path, callbacks: list[Callback], **kwargs: object) -> Trainer:
+    return Trainer(
+        accelerator="cpu", precision="bf16-mixed", callbacks=callbacks, default_root_dir=workdir, logger=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, **kwargs,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def teacher(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    workdir = tmp_path_factory.mktemp("teacher")
+    checkpoint = ModelCheckpoint(dirpath=workdir, save_last=True, save_top_k=0)
+    _trainer(workdir, [checkpoint], max_steps=2).fit(ImbalanceClassifier(num_classes=10), datamodule=_datamodule(data_root))
+    return workdir / "last.ckpt"
+
+
+@pytest.mark.parametrize("pair", PAIRS, ids="+".join)
+def test_pair_fits_and_checkpoint_reloads_to_the_same_metrics(pair: tuple[str, str], data_root: Path, teacher: Path, tmp_path: Path) -> None:
+    callbacks = [METHODS[name](teacher) for name in pair]
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0)
+    task = ImbalanceClassifier(num_classes=10, init_from=str(teacher))
+    trainer = _trainer(tmp_path, [*callbacks, checkpoint], max_steps=2)
+    trainer.fit(task, datamodule=_datamodule(data_root))
+    trainer.test(task, datamodule=_datamodule(data_root), verbose=False)
+    at_fit_end = task.last_test_results
+    assert at_fit_end is not None
+    kinds = [record["kind"] for record in task.transforms]
+    assert ("filter_pruning" in kinds) == ("prune" in pair)
+
+    # 1. the Trainer with the run's callbacks, a fresh task and --ckpt_path (what `imbcompress test` does)
+    fresh = ImbalanceClassifier(num_classes=10)
+    _trainer(tmp_path, [METHODS[name](teacher) for name in pair]).test(
+        fresh, datamodule=_datamodule(data_root), ckpt_path=str(tmp_path / "last.ckpt"), verbose=False
+    )
+    assert fresh.last_test_results == at_fit_end
+    # 2. load_from_checkpoint in plain Python, no callbacks at all: compression is replayed from the checkpoint
+    reloaded = ImbalanceClassifier.load_from_checkpoint(tmp_path / "last.ckpt")
+    _trainer(tmp_path, []).test(reloaded, datamodule=_datamodule(data_root), verbose=False)
+    assert reloaded.last_test_results == at_fit_end
+    # the teacher never enters the student's checkpoint
+    state = torch.load(tmp_path / "last.ckpt", weights_only=True)["state_dict"]
+    assert not any("teacher" in key for key in state)
+
+
+@pytest.mark.parametrize("order", [("dorefa", "climbq"), ("climbq", "dorefa")], ids="+".join)
+def test_two_quantizers_on_the_same_layers_is_a_configuration_error(order: tuple[str, str], data_root: Path, teacher: Path, tmp_path: Path) -> None:
+    trainer = _trainer(tmp_path, [METHODS[name](teacher) for name in order], max_steps=1)
+    with pytest.raises(ValueError, match="already quantized by"):
+        trainer.fit(ImbalanceClassifier(num_classes=10), datamodule=_datamodule(data_root))
+
+
+def test_compress_fragments_stack_through_the_cli(data_root: Path, teacher: Path, tmp_path: Path) -> None:
+    fragments = ["prune_severe", "dorefa_a3w3", "distill"]
+    args = [f"--config={CONFIGS / 'trainer/cpu.yaml'}", f"--config={CONFIGS / 'model/resnet20.yaml'}",
+            f"--config={CONFIGS / 'data/cifar10_exp100.yaml'}", *fake_data_args(data_root),
+            "--data.init_args.imbalance_ratio=3", *[f"--config={CONFIGS / f'compress/{name}.yaml'}" for name in fragments],
+            f"--trainer.callbacks.init_args.teacher_checkpoint={teacher}", f"--model.init_args.init_from={teacher}",
+            "--trainer.max_steps=2", "--trainer.limit_val_batches=0"]  # fmt: skip
+    metrics = fit(args, tmp_path / "run")
+    assert [record["method"] for record in metrics["compression"]] == ["filter_pruning", "dorefa", "distillation"]
+    assert metrics["model_size"]["nnz"] == 6_688  # severe: one filter in each pruned conv (SPEC §4.1)
+
+
+@pytest.mark.slow
+def test_two_process_cpu_ddp_with_pruning_and_quantization(data_root: Path, teacher: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "imbcompress", "fit", f"--config={CONFIGS / 'trainer/ddp_cpu.yaml'}",
+        f"--config={CONFIGS / 'model/resnet20.yaml'}", f"--config={CONFIGS / 'data/cifar10_exp100.yaml'}",
+        *fake_data_args(data_root), "--data.init_args.imbalance_ratio=3", "--data.init_args.batch_size=8",
+        f"--config={CONFIGS / 'compress/prune_moderate.yaml'}", f"--config={CONFIGS / 'compress/climbqplus_w2.yaml'}",
+        "--trainer.max_epochs=1", f"--run_dir={run_dir}", *QUIET,
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO, env=os.environ | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["test"]["num_samples"] == 40
+    assert [record["method"] for record in metrics["compression"]] == ["filter_pruning", "climbq"]
+    # both ranks pruned identically (else DDP would have failed on shape mismatch); the checkpoint reloads
+    reloaded = ImbalanceClassifier.load_from_checkpoint(run_dir / "checkpoints/last.ckpt")
+    assert [r["kind"] for r in reloaded.transforms] == ["filter_pruning", "climbq"]
+
+
+@pytest.mark.slow
+def test_two_process_cpu_ddp_with_qat_and_distillation(data_root: Path, teacher: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "imbcompress", "fit", f"--config={CONFIGS / 'trainer/ddp_cpu.yaml'}",
+        f"--config={CONFIGS / 'model/resnet20.yaml'}", f"--config={CONFIGS / 'data/cifar10_exp100.yaml'}",
+        *fake_data_args(data_root), "--data.init_args.imbalance_ratio=3", "--data.init_args.batch_size=8",
+        f"--config={CONFIGS / 'compress/dorefa_a8w4.yaml'}", f"--config={CONFIGS / 'compress/distill.yaml'}",
+        f"--trainer.callbacks.init_args.teacher_checkpoint={teacher}",
+        "--trainer.max_epochs=1", f"--run_dir={run_dir}", *QUIET,
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO, env=os.environ | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["test"]["num_samples"] == 40
+    assert [record["method"] for record in metrics["compression"]] == ["dorefa", "distillation"]
