@@ -1,0 +1,122 @@
+"""Lightning adapter for filter-rank pruning (``imbcompress.compress.pruning``)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
+from typing_extensions import override
+
+from imbcompress.compress.pruning import plan_kept_filters, pruning_record, validate_target
+from imbcompress.compress.size import dense_weight_count, model_size
+
+
+class FilterPruning(Callback):
+    """Physically remove the weakest filters of every residual block's inner conv, once, before training.
+
+    Filters are ranked by mean |w| (SPEC §4.1); the conv, its BatchNorm and the next conv's input channels shrink,
+    so the pruned model is a smaller ordinary network. Pruning happens in ``setup()``, before the optimizer and
+    DDP exist: with ``model.init_from`` it prunes the trained weights, otherwise the random initialisation. The
+    plan (kept filters per layer) is computed on rank 0 and broadcast, and logged as a structural record so
+    checkpoints reload with the pruned shapes. Give exactly one target.
+
+    Args:
+        preset: [C24]'s levels: "mild" (15.3 % of the conv + linear weights removed), "moderate" (71.2 %) or
+            "severe" (one filter kept per pruned conv, 97.5 % on ResNet-20).
+        target_sparsity: Fraction in [0, 1) of the conv + linear weights (NNZ) to remove; per-layer filter counts
+            are solved for (same kept fraction in every layer, then a greedy per-filter fix-up).
+        layer_fractions: Fraction in [0, 1) of the filters to remove, per block or conv name (e.g. "layer1.0" or
+            "layer1.0.conv1"); blocks not named are not pruned.
+        stage_fractions: Fraction in [0, 1) of the filters to remove in each stage (ResNet: layer1, layer2,
+            layer3; MobileNet-V2: the six groups of expanding blocks).
+    """
+
+    def __init__(
+        self,
+        preset: Literal["mild", "moderate", "severe"] | None = None,
+        target_sparsity: float | None = None,
+        layer_fractions: dict[str, float] | None = None,
+        stage_fractions: list[float] | None = None,
+    ) -> None:
+        super().__init__()
+        validate_target(preset, target_sparsity, layer_fractions, stage_fractions)
+        self.preset = preset
+        self.target_sparsity = target_sparsity
+        self.layer_fractions = dict(layer_fractions) if layer_fractions is not None else None
+        self.stage_fractions = list(stage_fractions) if stage_fractions is not None else None
+        self.record: dict[str, Any] | None = None
+        self.nnz_after: int | None = None
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The target as plain data (stored in the structural record; identifies an already applied plan)."""
+        return {
+            "preset": self.preset,
+            "target_sparsity": self.target_sparsity,
+            "layer_fractions": self.layer_fractions,
+            "stage_fractions": self.stage_fractions,
+        }
+
+    def _applied_record(self, task: Any) -> dict[str, Any] | None:
+        for record in getattr(task, "transforms", []):
+            if record.get("kind") == "filter_pruning" and record.get("settings") == self.settings:
+                return record
+        return None
+
+    def _plan_on_rank_zero(self, trainer: pl.Trainer, model: nn.Module) -> dict[str, Any]:
+        # Rank 0 decides; an error is broadcast too, so every rank raises instead of waiting for the plan.
+        message: dict[str, Any] = {}
+        if trainer.is_global_zero:
+            try:
+                kept = plan_kept_filters(model, **self.settings)
+                # The dense count, not the nonzeros: the record must not depend on the weights (replay, resume).
+                message = pruning_record(kept, self.settings) | {"nnz_before": dense_weight_count(model)}
+            except ValueError as err:
+                message = {"error": str(err)}
+        message = trainer.strategy.broadcast(message, src=0)
+        if "error" in message:
+            raise ValueError(f"FilterPruning({self._describe()}): {message['error']}")
+        return message
+
+    def _describe(self) -> str:
+        return ", ".join(f"{key}={value!r}" for key, value in self.settings.items() if value is not None)
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if not hasattr(pl_module, "apply_transform"):
+            raise ValueError(f"FilterPruning needs the imbcompress task (apply_transform); got {type(pl_module)}")
+        task: Any = pl_module  # ImbalanceClassifier: model, transforms, apply_transform
+        applied = self._applied_record(task)
+        if applied is None:
+            applied = self._plan_on_rank_zero(trainer, task.model)
+            task.apply_transform(applied)
+        self.record = applied
+        self.nnz_after = int(model_size(task.model)["nnz"])
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        record = self.compression_record()
+        rank_zero_info(
+            f"FilterPruning({self._describe()}): NNZ {record['nnz_before']} -> {record['nnz_after']} "
+            f"(sparsity {record['sparsity']:.4f}), kept filters {record['kept_filters']}"
+        )
+        metrics = {"model_size/nnz": float(record["nnz_after"]), "model_size/sparsity": float(record["sparsity"])}
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=0)
+
+    def compression_record(self) -> dict[str, Any]:
+        """Settings, per-layer kept filter counts and NNZ before/after, for ``metrics.json["compression"]``."""
+        record = self.record or {}
+        before, after = record.get("nnz_before"), self.nnz_after
+        sparsity = 1.0 - after / before if before and after is not None else None
+        return {
+            "method": "filter_pruning",
+            **self.settings,
+            "kept_filters": record.get("kept_filters"),
+            "nnz_before": before,
+            "nnz_after": after,
+            "sparsity": sparsity,
+        }
