@@ -1,0 +1,129 @@
+"""Training throughput of ResNet-20 under DoReFa QAT and distillation, as a ratio to the plain training step.
+
+One training step = forward, loss, backward and an SGD update on one batch of random 32x32 images. The variants
+(plain, QAT (A8,W4), (A3,W3), (A2,W2), distillation from an FP32 ResNet-20 teacher) are timed round-robin in the
+same process, so a change in machine load hits all of them alike; each figure is the median over repeats.
+
+    python3 benchmarks/bench_qat.py --batch-size 128 --repeats 5 --steps 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from imbcompress.compress.distillation import DistillationTerm
+from imbcompress.compress.dorefa import apply_dorefa, dorefa_record
+from imbcompress.models import build_model
+
+Step = Callable[[Tensor, Tensor], None]
+VARIANTS = ("plain", "qat_a8w4", "qat_a3w3", "qat_a2w2", "distill")
+BITS = {"qat_a8w4": (4, 8), "qat_a3w3": (3, 3), "qat_a2w2": (2, 2)}
+
+
+def _model(variant: str, channels_last: bool) -> nn.Module:
+    torch.manual_seed(0)
+    model = build_model("resnet20", 10)
+    if variant in BITS:
+        weight_bits, activation_bits = BITS[variant]
+        apply_dorefa(model, dorefa_record(model, weight_bits, activation_bits, None))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model.train()
+
+
+def make_step(variant: str, bf16: bool) -> Step:
+    """A closure running one optimisation step of ``variant`` (bf16 autocast + channels_last, or fp32)."""
+    model = _model(variant, channels_last=bf16)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4)
+    term = DistillationTerm(_model("plain", bf16), alpha=0.7, temperature=1.0) if variant == "distill" else None
+
+    def step(images: Tensor, labels: Tensor) -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
+            logits = model(images)
+            loss = (term.base_weight if term else 1.0) * F.cross_entropy(logits.float(), labels)
+            if term is not None:
+                loss = loss + term(_Context(images, logits))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+class _Context:
+    """The two ``LossContext`` fields the distillation term reads."""
+
+    stage = "train"
+
+    def __init__(self, inputs: Tensor, logits: Tensor) -> None:
+        self.inputs, self.logits = inputs, logits
+
+
+def measure(batch_size: int, repeats: int, steps: int, bf16: bool, clock: Callable[[], float]) -> dict[str, float]:
+    """Median seconds per training step of every variant."""
+    images = torch.randn(batch_size, 3, 32, 32)
+    if bf16:
+        images = images.contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 10, (batch_size,))
+    runs = {variant: make_step(variant, bf16) for variant in VARIANTS}
+    for run in runs.values():  # warm-up: allocator, oneDNN primitive caches
+        run(images, labels)
+    times: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
+    for _ in range(repeats):
+        for variant, run in runs.items():
+            start = clock()
+            for _ in range(steps):
+                run(images, labels)
+            times[variant].append((clock() - start) / steps)
+    return {variant: statistics.median(values) for variant, values in times.items()}
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds (the median is reported)")
+    parser.add_argument("--steps", type=int, default=3, help="training steps per timed round")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--modes", default="bf16,fp32", help="comma list of bf16 (autocast + channels_last), fp32")
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall: elapsed time; cpu: this process's CPU time (steadier on a shared machine, use with --threads 1)",
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
+    print(f"# {_cpu_name()}, {args.threads} threads, {args.clock} clock, torch {torch.__version__}")
+    print(f"# ResNet-20, batch {args.batch_size}, median of {args.repeats} rounds x {args.steps} steps")
+    print("| mode | variant | step (ms) | images/s | time vs plain |")
+    print("|---|---|---|---|---|")
+    for mode in args.modes.split(","):
+        seconds = measure(args.batch_size, args.repeats, args.steps, bf16=mode == "bf16", clock=clock)
+        for variant, value in seconds.items():
+            ratio = value / seconds["plain"]
+            print(f"| {mode} | {variant} | {1000 * value:.0f} | {args.batch_size / value:.0f} | {ratio:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
