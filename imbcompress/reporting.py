@@ -81,7 +81,7 @@ def build_metrics(trainer: pl.Trainer, task: Any, results: dict[str, Any]) -> di
         "model_size": model_size(task.model, activation_bits=activation_bits_of(records)),
         "seed": int(seed) if seed is not None else None,
         "data": data,
-        "ckpt_path": trainer.ckpt_path,
+        "ckpt_path": str(trainer.ckpt_path) if trainer.ckpt_path is not None else None,
         "precision": str(trainer.precision),
         "world_size": trainer.world_size,
         "versions": _versions(),

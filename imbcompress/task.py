@@ -72,7 +72,7 @@ class ImbalanceClassifier(LightningModule):
         weight_decay: Weight decay (L2 for SGD, decoupled for AdamW).
         scheduler: "multistep" (multiply by ``gamma`` at each of ``milestones``), "cosine" (to 0 at the last step)
             or "constant". Updated every optimisation step.
-        milestones: Epochs at which "multistep" decays the rate; default: 50 % and 75 % of ``max_epochs``.
+        milestones: Epochs at which "multistep" decays the rate; default: after 50 % and 75 % of the training steps.
         gamma: Decay factor of "multistep".
         warmup_epochs: Linear warm-up length in epochs (fractions allowed), before the schedule proper.
         channels_last: Use the channels-last memory format for the model and batches (faster with bf16 on CPUs with
@@ -292,10 +292,11 @@ class ImbalanceClassifier(LightningModule):
         if trainer.max_steps is not None and trainer.max_steps > 0:
             total_steps = min(total_steps, trainer.max_steps)
         total_steps = max(1, total_steps)
-        max_epochs = max_epochs or max(1, total_steps // steps_per_epoch)
         warmup_steps = int(hp.warmup_epochs * steps_per_epoch)
-        milestones = hp.milestones if hp.milestones is not None else [max_epochs // 2, (3 * max_epochs) // 4]
-        milestone_steps = [int(epoch) * steps_per_epoch for epoch in milestones]
+        if hp.milestones is not None:
+            milestone_steps = [int(epoch) * steps_per_epoch for epoch in hp.milestones]
+        else:  # 50 % and 75 % of the run, in steps, so a one-epoch run does not start at lr x gamma^2
+            milestone_steps = [total_steps // 2, (3 * total_steps) // 4]
         return lambda step: lr_factor(step, hp.scheduler, warmup_steps, total_steps, milestone_steps, hp.gamma)
 
 
