@@ -95,8 +95,8 @@ def bench_tensor_pipeline(root: Path, batches: int, repeats: int) -> float:
 def bench_torchvision_pipeline(root: Path, batches: int, repeats: int, workers: int) -> float:
     dm = ImbalancedDataModule("cifar10", str(root))
     setup_quietly(dm)
-    assert dm._train is not None
-    images_hwc = dm._train.images.permute(0, 2, 3, 1).contiguous().numpy()
+    images, labels = dm.train_tensors
+    images_hwc = images.permute(0, 2, 3, 1).contiguous().numpy()
     transform = transforms.Compose(
         [
             transforms.RandomCrop(32, padding=4),
@@ -105,7 +105,7 @@ def bench_torchvision_pipeline(root: Path, batches: int, repeats: int, workers: 
             transforms.Normalize(MEAN, STD),
         ]
     )
-    dataset = PerImageCifar(images_hwc, dm._train.labels.numpy(), transform)
+    dataset = PerImageCifar(images_hwc, labels.numpy(), transform)
     persistent = workers > 0
 
     def loader() -> DataLoader:

@@ -106,7 +106,12 @@ def time_textbook(images: torch.Tensor, labels: torch.Tensor, model_name: str, s
 
     pictures = [Image.fromarray(image.permute(1, 2, 0).numpy()) for image in images[: 128 * (steps + warmup + 2)]]
     transform = transforms.Compose(
-        [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(), transforms.ToTensor(), transforms.Normalize(MEAN, STD)]
+        [
+            transforms.RandomCrop(32, padding=4),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(MEAN, STD),
+        ]
     )
 
     class PilDataset(Dataset):
@@ -149,7 +154,9 @@ def time_data_path(root: Path, batches: int) -> float:
 
 def time_eval(root: Path, model: str, workdir: Path) -> float:
     datamodule = ImbalancedDataModule(dataset="cifar10", root=str(root), eval_batch_size=1000)
-    trainer = Trainer(accelerator="cpu", precision="bf16-mixed", default_root_dir=workdir, logger=False, enable_progress_bar=False)
+    trainer = Trainer(
+        accelerator="cpu", precision="bf16-mixed", default_root_dir=workdir, logger=False, enable_progress_bar=False
+    )
     task = ImbalanceClassifier(model=model, num_classes=10)  # type: ignore[arg-type]
     datamodule.setup("test")
     start = time.perf_counter()
@@ -170,12 +177,14 @@ def main() -> None:
         root = Path(tmp) / "cifar"
         write_fake_cifar10(root, args.train_images)
         source = ImbalancedDataModule(dataset="cifar10", root=str(root))
-        source.setup("fit")
-        images, labels = source._train.images, source._train.labels  # the selected uint8 subset
-        print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+        images, labels = source.train_tensors
+        machine = platform.processor() or platform.machine()
+        print(f"machine: {machine}, {torch.get_num_threads()} threads, torch {torch.__version__}")
         data_rate = statistics.median(time_data_path(root, 100) for _ in range(args.repeats))
         print(f"data path alone: {data_rate:.0f} batches/s (batch 128)")
-        print("| model | imbcompress fit img/s | bare loop img/s | fit / bare | textbook fp32 img/s | fit / textbook | data path / step | test-set eval s |")
+        columns = ["model", "imbcompress fit img/s", "bare loop img/s", "fit / bare", "textbook fp32 img/s"]
+        columns += ["fit / textbook", "data path / step", "test-set eval s"]
+        print("| " + " | ".join(columns) + " |")
         print("|---|---|---|---|---|---|---|---|")
         for model in args.models:
             fit, bare, textbook = [], [], []

@@ -47,7 +47,8 @@ def _versions() -> dict[str, str]:
 
 def compression_records(trainer: pl.Trainer) -> list[dict[str, Any]]:
     """``compression_record()`` of every callback that compresses, in callback order."""
-    return [cb.compression_record() for cb in trainer.callbacks if callable(getattr(cb, "compression_record", None))]
+    callbacks = getattr(trainer, "callbacks", [])
+    return [cb.compression_record() for cb in callbacks if callable(getattr(cb, "compression_record", None))]
 
 
 def activation_bits_of(records: list[dict[str, Any]]) -> int | None:
@@ -60,8 +61,8 @@ def build_metrics(trainer: pl.Trainer, task: Any, results: dict[str, Any]) -> di
     """The metrics.json document (schema in docs/architecture.md)."""
     from imbcompress.compress.size import model_size
 
-    datamodule = getattr(trainer, "datamodule", None)
-    data = datamodule.describe() if callable(getattr(datamodule, "describe", None)) else {}
+    describe = getattr(getattr(trainer, "datamodule", None), "describe", None)
+    data = describe() if callable(describe) else {}
     records = compression_records(trainer)
     seed = os.environ.get("PL_GLOBAL_SEED")
     return {

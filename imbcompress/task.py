@@ -102,7 +102,8 @@ class ImbalanceClassifier(LightningModule):
         super().__init__()
         _validate_hparams(lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs, gamma=gamma)
         self.save_hyperparameters(ignore=["init_from"])
-        self.model = build_model(model, num_classes, shortcut)
+        self.model: Any = build_model(model, num_classes, shortcut)  # has forward_features / forward_head
+        self.channels_last = channels_last
         self.num_classes = num_classes
         self.transforms: list[dict[str, Any]] = []
         self.loss_terms: dict[str, LossTerm] = {}
@@ -165,25 +166,25 @@ class ImbalanceClassifier(LightningModule):
             )
         for record in saved[applied:]:
             self.apply_transform(record)
-        if self.hparams.channels_last:
+        if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
 
     # ----------------------------------------------------------------- steps
     def setup(self, stage: str) -> None:
         # Runs after the callbacks' setup, i.e. after any structural compression.
-        if self.hparams.channels_last:
+        if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
 
     def _forward(self, batch: tuple[Tensor, Tensor], stage: str) -> LossContext:
         inputs, targets = batch
-        if self.hparams.channels_last:
+        if self.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         features = self.model.forward_features(inputs)
         logits = self.model.forward_head(features)
         return LossContext(inputs, targets, features, logits, stage)
 
     def forward(self, inputs: Tensor) -> Tensor:
-        if self.hparams.channels_last:
+        if self.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         return self.model(inputs)
 
@@ -207,7 +208,9 @@ class ImbalanceClassifier(LightningModule):
                 self.log(f"train/loss_{name}", value, batch_size=batch_size)
         return loss
 
-    def _eval_step(self, batch: tuple[Tensor, Tensor], confusion: MulticlassConfusionMatrix, mean_loss: MeanMetric) -> None:
+    def _eval_step(
+        self, batch: tuple[Tensor, Tensor], confusion: MulticlassConfusionMatrix, mean_loss: MeanMetric
+    ) -> None:
         ctx = self._forward(batch, "eval")
         mean_loss.update(F.cross_entropy(ctx.logits.float(), ctx.targets), weight=ctx.targets.numel())
         confusion.update(ctx.logits.argmax(dim=1), ctx.targets)
@@ -252,15 +255,18 @@ class ImbalanceClassifier(LightningModule):
         return list(names) if names else [str(index) for index in range(self.num_classes)]
 
     # ----------------------------------------------------------------- optimisation
-    def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
-        decay, no_decay = [], []
-        for name, param in self.named_parameters():
+    def configure_optimizers(self) -> Any:
+        hp: Any = self.hparams
+        decay: list[torch.nn.Parameter] = []
+        no_decay: list[torch.nn.Parameter] = []
+        for param in self.parameters():
             if param.requires_grad:
                 (no_decay if param.ndim <= 1 and hp.optimizer == "adamw" else decay).append(param)
         groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         if hp.optimizer == "sgd":
-            optimizer: torch.optim.Optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov)
+            optimizer: torch.optim.Optimizer = torch.optim.SGD(
+                groups, lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov
+            )
         else:
             optimizer = torch.optim.AdamW(groups, lr=hp.lr)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor_fn())
@@ -274,17 +280,19 @@ class ImbalanceClassifier(LightningModule):
         restart the epoch's data. A throwaway loader from the data module gives the same count.
         """
         trainer = self.trainer
-        datamodule = trainer.datamodule
+        datamodule = getattr(trainer, "datamodule", None)
         if datamodule is None:
             max_epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else 1
             return max(1, int(trainer.estimated_stepping_batches) // max_epochs)
         batches = len(datamodule.train_dataloader())
         limit = trainer.limit_train_batches
-        batches = min(batches, limit) if isinstance(limit, int) else int(batches * (limit if limit is not None else 1.0))
+        batches = (
+            min(batches, limit) if isinstance(limit, int) else int(batches * (limit if limit is not None else 1.0))
+        )
         return max(1, math.ceil(batches / trainer.accumulate_grad_batches))
 
     def _lr_factor_fn(self) -> Callable[[int], float]:
-        hp = self.hparams
+        hp: Any = self.hparams
         trainer = self.trainer
         steps_per_epoch = self._steps_per_epoch()
         max_epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs > 0 else None

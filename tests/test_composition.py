@@ -37,26 +37,39 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _datamodule(root: Path) -> ImbalancedDataModule:
-    return ImbalancedDataModule(dataset="cifar10", root=str(root), profile="exponential", imbalance_ratio=3, batch_size=24)
+    return ImbalancedDataModule(
+        dataset="cifar10", root=str(root), profile="exponential", imbalance_ratio=3, batch_size=24
+    )
 
 
 def _trainer(workdir: Path, callbacks: list[Callback], **kwargs: object) -> Trainer:
     return Trainer(
-        accelerator="cpu", precision="bf16-mixed", callbacks=callbacks, default_root_dir=workdir, logger=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, **kwargs,
-    )  # fmt: skip
+        accelerator="cpu",
+        precision="bf16-mixed",
+        callbacks=callbacks,
+        default_root_dir=workdir,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        **kwargs,
+    )
 
 
 @pytest.fixture(scope="module")
 def teacher(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     workdir = tmp_path_factory.mktemp("teacher")
     checkpoint = ModelCheckpoint(dirpath=workdir, save_last=True, save_top_k=0)
-    _trainer(workdir, [checkpoint], max_steps=2).fit(ImbalanceClassifier(num_classes=10), datamodule=_datamodule(data_root))
+    _trainer(workdir, [checkpoint], max_steps=2).fit(
+        ImbalanceClassifier(num_classes=10), datamodule=_datamodule(data_root)
+    )
     return workdir / "last.ckpt"
 
 
 @pytest.mark.parametrize("pair", PAIRS, ids="+".join)
-def test_pair_fits_and_checkpoint_reloads_to_the_same_metrics(pair: tuple[str, str], data_root: Path, teacher: Path, tmp_path: Path) -> None:
+def test_pair_fits_and_checkpoint_reloads_to_the_same_metrics(
+    pair: tuple[str, str], data_root: Path, teacher: Path, tmp_path: Path
+) -> None:
     callbacks = [METHODS[name](teacher) for name in pair]
     checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0)
     task = ImbalanceClassifier(num_classes=10, init_from=str(teacher))
@@ -84,7 +97,9 @@ def test_pair_fits_and_checkpoint_reloads_to_the_same_metrics(pair: tuple[str, s
 
 
 @pytest.mark.parametrize("order", [("dorefa", "climbq"), ("climbq", "dorefa")], ids="+".join)
-def test_two_quantizers_on_the_same_layers_is_a_configuration_error(order: tuple[str, str], data_root: Path, teacher: Path, tmp_path: Path) -> None:
+def test_two_quantizers_on_the_same_layers_is_a_configuration_error(
+    order: tuple[str, str], data_root: Path, teacher: Path, tmp_path: Path
+) -> None:
     trainer = _trainer(tmp_path, [METHODS[name](teacher) for name in order], max_steps=1)
     with pytest.raises(ValueError, match="already quantized by"):
         trainer.fit(ImbalanceClassifier(num_classes=10), datamodule=_datamodule(data_root))
@@ -92,11 +107,18 @@ def test_two_quantizers_on_the_same_layers_is_a_configuration_error(order: tuple
 
 def test_compress_fragments_stack_through_the_cli(data_root: Path, teacher: Path, tmp_path: Path) -> None:
     fragments = ["prune_severe", "dorefa_a3w3", "distill"]
-    args = [f"--config={CONFIGS / 'trainer/cpu.yaml'}", f"--config={CONFIGS / 'model/resnet20.yaml'}",
-            f"--config={CONFIGS / 'data/cifar10_exp100.yaml'}", *fake_data_args(data_root),
-            "--data.init_args.imbalance_ratio=3", *[f"--config={CONFIGS / f'compress/{name}.yaml'}" for name in fragments],
-            f"--trainer.callbacks.init_args.teacher_checkpoint={teacher}", f"--model.init_args.init_from={teacher}",
-            "--trainer.max_steps=2", "--trainer.limit_val_batches=0"]  # fmt: skip
+    args = [
+        f"--config={CONFIGS / 'trainer/cpu.yaml'}",
+        f"--config={CONFIGS / 'model/resnet20.yaml'}",
+        f"--config={CONFIGS / 'data/cifar10_exp100.yaml'}",
+        *fake_data_args(data_root),
+        "--data.init_args.imbalance_ratio=3",
+        *[f"--config={CONFIGS / f'compress/{name}.yaml'}" for name in fragments],
+        f"--trainer.callbacks.init_args.teacher_checkpoint={teacher}",
+        f"--model.init_args.init_from={teacher}",
+        "--trainer.max_steps=2",
+        "--trainer.limit_val_batches=0",
+    ]
     metrics = fit(args, tmp_path / "run")
     assert [record["method"] for record in metrics["compression"]] == ["filter_pruning", "dorefa", "distillation"]
     assert metrics["model_size"]["nnz"] == 6_688  # severe: one filter in each pruned conv (SPEC §4.1)
@@ -106,13 +128,25 @@ def test_compress_fragments_stack_through_the_cli(data_root: Path, teacher: Path
 def test_two_process_cpu_ddp_with_pruning_and_quantization(data_root: Path, teacher: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     command = [
-        sys.executable, "-m", "imbcompress", "fit", f"--config={CONFIGS / 'trainer/ddp_cpu.yaml'}",
-        f"--config={CONFIGS / 'model/resnet20.yaml'}", f"--config={CONFIGS / 'data/cifar10_exp100.yaml'}",
-        *fake_data_args(data_root), "--data.init_args.imbalance_ratio=3", "--data.init_args.batch_size=8",
-        f"--config={CONFIGS / 'compress/prune_moderate.yaml'}", f"--config={CONFIGS / 'compress/climbqplus_w2.yaml'}",
-        "--trainer.max_epochs=1", f"--run_dir={run_dir}", *QUIET,
-    ]  # fmt: skip
-    result = subprocess.run(command, cwd=REPO, env=os.environ | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+        sys.executable,
+        "-m",
+        "imbcompress",
+        "fit",
+        f"--config={CONFIGS / 'trainer/ddp_cpu.yaml'}",
+        f"--config={CONFIGS / 'model/resnet20.yaml'}",
+        f"--config={CONFIGS / 'data/cifar10_exp100.yaml'}",
+        *fake_data_args(data_root),
+        "--data.init_args.imbalance_ratio=3",
+        "--data.init_args.batch_size=8",
+        f"--config={CONFIGS / 'compress/prune_moderate.yaml'}",
+        f"--config={CONFIGS / 'compress/climbqplus_w2.yaml'}",
+        "--trainer.max_epochs=1",
+        f"--run_dir={run_dir}",
+        *QUIET,
+    ]
+    result = subprocess.run(
+        command, cwd=REPO, env=os.environ | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["test"]["num_samples"] == 40
@@ -126,14 +160,26 @@ def test_two_process_cpu_ddp_with_pruning_and_quantization(data_root: Path, teac
 def test_two_process_cpu_ddp_with_qat_and_distillation(data_root: Path, teacher: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     command = [
-        sys.executable, "-m", "imbcompress", "fit", f"--config={CONFIGS / 'trainer/ddp_cpu.yaml'}",
-        f"--config={CONFIGS / 'model/resnet20.yaml'}", f"--config={CONFIGS / 'data/cifar10_exp100.yaml'}",
-        *fake_data_args(data_root), "--data.init_args.imbalance_ratio=3", "--data.init_args.batch_size=8",
-        f"--config={CONFIGS / 'compress/dorefa_a8w4.yaml'}", f"--config={CONFIGS / 'compress/distill.yaml'}",
+        sys.executable,
+        "-m",
+        "imbcompress",
+        "fit",
+        f"--config={CONFIGS / 'trainer/ddp_cpu.yaml'}",
+        f"--config={CONFIGS / 'model/resnet20.yaml'}",
+        f"--config={CONFIGS / 'data/cifar10_exp100.yaml'}",
+        *fake_data_args(data_root),
+        "--data.init_args.imbalance_ratio=3",
+        "--data.init_args.batch_size=8",
+        f"--config={CONFIGS / 'compress/dorefa_a8w4.yaml'}",
+        f"--config={CONFIGS / 'compress/distill.yaml'}",
         f"--trainer.callbacks.init_args.teacher_checkpoint={teacher}",
-        "--trainer.max_epochs=1", f"--run_dir={run_dir}", *QUIET,
-    ]  # fmt: skip
-    result = subprocess.run(command, cwd=REPO, env=os.environ | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+        "--trainer.max_epochs=1",
+        f"--run_dir={run_dir}",
+        *QUIET,
+    ]
+    result = subprocess.run(
+        command, cwd=REPO, env=os.environ | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["test"]["num_samples"] == 40

@@ -42,15 +42,20 @@ def test_f1_is_the_standard_form_not_the_papers_inverted_one() -> None:
 def test_accumulated_over_batches_equals_whole_set() -> None:
     generator = torch.Generator().manual_seed(0)
     targets = torch.randint(0, 4, (257,), generator=generator)
-    preds = torch.where(torch.rand(257, generator=generator) < 0.6, targets, torch.randint(0, 4, (257,), generator=generator))
+    preds = torch.where(
+        torch.rand(257, generator=generator) < 0.6, targets, torch.randint(0, 4, (257,), generator=generator)
+    )
     state = MulticlassConfusionMatrix(4)
     for start in range(0, 257, 50):  # uneven last batch
         state.update(preds[start : start + 50], targets[start : start + 50])
     whole = MulticlassConfusionMatrix(4)(preds, targets)
     assert torch.equal(state.compute(), whole)
-    per_batch_mean = sum(
-        summarize_confusion(MulticlassConfusionMatrix(4)(preds[s : s + 50], targets[s : s + 50]))["macro_f1"]
-        for s in range(0, 257, 50)
-    ) / 6
+    per_batch_mean = (
+        sum(
+            summarize_confusion(MulticlassConfusionMatrix(4)(preds[s : s + 50], targets[s : s + 50]))["macro_f1"]
+            for s in range(0, 257, 50)
+        )
+        / 6
+    )
     # The whole-set value is what we report; an average of batch values is a different (wrong) number.
     assert summarize_confusion(state.compute())["macro_f1"] != pytest.approx(per_batch_mean, abs=1e-6)

@@ -30,20 +30,31 @@ class Interrupt(Callback):
             raise RuntimeError("simulated interruption")
 
 
-def _run(root: Path, workdir: Path, *, interrupt_at: int | None = None, ckpt_path: str | None = None) -> ImbalanceClassifier:
+def _run(
+    root: Path, workdir: Path, *, interrupt_at: int | None = None, ckpt_path: str | None = None
+) -> ImbalanceClassifier:
     torch.manual_seed(0)
     datamodule = ImbalancedDataModule(
         dataset="cifar10", root=str(root), profile="exponential", imbalance_ratio=4, batch_size=16, subset_seed=1
     )
     task = ImbalanceClassifier(model="resnet20", num_classes=10, channels_last=False, lr=0.05, scheduler="cosine")
-    callbacks: list[Callback] = [ModelCheckpoint(dirpath=workdir / "ckpt", save_last=True, save_top_k=0, every_n_train_steps=3)]
+    callbacks: list[Callback] = [
+        ModelCheckpoint(dirpath=workdir / "ckpt", save_last=True, save_top_k=0, every_n_train_steps=3)
+    ]
     if interrupt_at is not None:
         callbacks.append(Interrupt(interrupt_at))
     trainer = Trainer(
-        accelerator="cpu", precision="32-true", deterministic=True, max_epochs=2, callbacks=callbacks,
-        logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=workdir,
+        accelerator="cpu",
+        precision="32-true",
+        deterministic=True,
+        max_epochs=2,
+        callbacks=callbacks,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=workdir,
         limit_val_batches=0,
-    )  # fmt: skip
+    )
     trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
     trainer.test(task, datamodule=datamodule, verbose=False)
     return task
@@ -68,11 +79,19 @@ def test_two_process_cpu_ddp_fit(tmp_path: Path) -> None:
     root = make_fake_cifar(tmp_path / "data", train_per_class=16, test_per_class=7)  # 70 test images: uneven shards
     run_dir = tmp_path / "run"
     command = [
-        sys.executable, "-m", "imbcompress", "fit", f"--config={CONFIGS / 'trainer/ddp_cpu.yaml'}",
-        f"--config={CONFIGS / 'model/resnet20.yaml'}", "--data=imbcompress.data.ImbalancedDataModule",
-        *fake_data_args(root), "--data.init_args.batch_size=8", "--trainer.max_epochs=1",
-        "--trainer.enable_progress_bar=false", f"--run_dir={run_dir}",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "imbcompress",
+        "fit",
+        f"--config={CONFIGS / 'trainer/ddp_cpu.yaml'}",
+        f"--config={CONFIGS / 'model/resnet20.yaml'}",
+        "--data=imbcompress.data.ImbalancedDataModule",
+        *fake_data_args(root),
+        "--data.init_args.batch_size=8",
+        "--trainer.max_epochs=1",
+        "--trainer.enable_progress_bar=false",
+        f"--run_dir={run_dir}",
+    ]
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

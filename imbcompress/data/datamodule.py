@@ -209,6 +209,13 @@ class ImbalancedDataModule(LightningDataModule):
         return torch.bincount(self._train.labels.cpu(), minlength=self.num_classes).tolist()
 
     @property
+    def train_tensors(self) -> tuple[Tensor, Tensor]:
+        """The selected training subset as ``(uint8 images [N, 3, H, W], int64 labels)``. Loads it on first use."""
+        self._prepare()
+        assert self._train is not None
+        return self._train.images, self._train.labels
+
+    @property
     def test_class_counts(self) -> list[int]:
         """Test images per class label. Loads the source on first use."""
         self._prepare()

@@ -27,9 +27,9 @@ def _mobilenetv2(num_classes: int, shortcut: Literal["A", "B"] | None = None) ->
     return MobileNetV2(num_classes=num_classes)
 
 
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {
-    f"resnet{6 * n + 2}": _resnet(n) for n in (3, 5, 7, 9, 18)
-} | {"mobilenetv2": _mobilenetv2}
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {f"resnet{6 * n + 2}": _resnet(n) for n in (3, 5, 7, 9, 18)} | {
+    "mobilenetv2": _mobilenetv2
+}
 MODEL_NAMES = tuple(_REGISTRY)
 
 

@@ -1,0 +1,113 @@
+"""Training throughput of ResNet-20 under ClimbQ and ClimbQ+ (HomoVar loss), as a ratio to the plain training step.
+
+One training step = set the batch labels on the feature quantizers, forward, loss (cross-entropy, or the HomoVar
+loss for ClimbQ+), backward, an SGD update, clear the labels; batch of random 32x32 images with long-tailed labels,
+on the CPU. The variants are timed round-robin in the same process (a change in machine load hits them alike);
+each figure is the median over repeats.
+
+    python3 benchmarks/bench_climbq.py --batch-size 128 --repeats 5 --steps 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from imbcompress.compress.climbq import apply_climbq, clear_class_labels, climbq_record, set_class_labels
+from imbcompress.compress.homovar import HomoVarLoss
+from imbcompress.models import build_model
+
+Step = Callable[[Tensor, Tensor], None]
+VARIANTS = {"plain": None, "climbq_w4": 4, "climbq_w2": 2, "climbq+_w4": 4, "climbq+_w2": 2}
+CLASS_COUNTS = [5000, 3237, 2096, 1357, 878, 568, 368, 238, 154, 100]  # CIFAR-10-LT, rho 50
+
+
+def _model(bits: int | None, channels_last: bool) -> nn.Module:
+    torch.manual_seed(0)
+    model = build_model("resnet20", 10)
+    if bits is not None:
+        apply_climbq(model, climbq_record(model, bits))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model.train()
+
+
+def make_step(variant: str, bf16: bool) -> Step:
+    """A closure running one optimisation step of ``variant`` (bf16 autocast + channels_last, or fp32)."""
+    model = _model(VARIANTS[variant], channels_last=bf16)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.04, momentum=0.9, weight_decay=1e-4)
+    homovar = HomoVarLoss(CLASS_COUNTS) if variant.startswith("climbq+") else None
+
+    def step(images: Tensor, labels: Tensor) -> None:
+        set_class_labels(model, labels, CLASS_COUNTS)
+        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
+            features = model.forward_features(images)
+            logits = model.forward_head(features)
+            if homovar is None:
+                loss = F.cross_entropy(logits.float(), labels)
+            else:
+                loss = homovar(SimpleNamespace(features=features, logits=logits, targets=labels, stage="train"))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        clear_class_labels(model)
+
+    return step
+
+
+def _long_tailed_labels(batch_size: int) -> Tensor:
+    generator = torch.Generator().manual_seed(0)
+    weights = torch.tensor(CLASS_COUNTS, dtype=torch.float)
+    return torch.multinomial(weights, batch_size, replacement=True, generator=generator)
+
+
+def measure(batch_size: int, repeats: int, steps: int, bf16: bool) -> dict[str, float]:
+    """Median seconds per training step of every variant."""
+    images = torch.randn(batch_size, 3, 32, 32)
+    if bf16:
+        images = images.contiguous(memory_format=torch.channels_last)
+    labels = _long_tailed_labels(batch_size)
+    runs = {variant: make_step(variant, bf16) for variant in VARIANTS}
+    for run in runs.values():  # warm-up: allocator, oneDNN primitive caches
+        run(images, labels)
+    times: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
+    for _ in range(repeats):
+        for variant, run in runs.items():
+            start = time.perf_counter()
+            for _ in range(steps):
+                run(images, labels)
+            times[variant].append((time.perf_counter() - start) / steps)
+    return {variant: statistics.median(values) for variant, values in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds (the median is reported)")
+    parser.add_argument("--steps", type=int, default=3, help="training steps per timed round")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--modes", default="bf16", help="comma list of bf16 (autocast + channels_last), fp32")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"# {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}")
+    print(f"# ResNet-20, batch {args.batch_size}, median of {args.repeats} rounds x {args.steps} steps")
+    print("| mode | variant | step (ms) | images/s | throughput vs plain |")
+    print("|---|---|---|---|---|")
+    for mode in args.modes.split(","):
+        seconds = measure(args.batch_size, args.repeats, args.steps, bf16=mode == "bf16")
+        for variant, value in seconds.items():
+            ratio = seconds["plain"] / value
+            print(f"| {mode} | {variant} | {1000 * value:.0f} | {args.batch_size / value:.0f} | {ratio:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
