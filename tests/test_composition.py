@@ -120,7 +120,7 @@ def test_compress_fragments_stack_through_the_cli(data_root: Path, teacher: Path
         "--trainer.limit_val_batches=0",
     ]
     metrics = fit(args, tmp_path / "run")
-    assert [record["method"] for record in metrics["compression"]] == ["filter_pruning", "dorefa", "distillation"]
+    assert [record["method"] for record in metrics["compression"]] == ["filter_pruning", "dorefa", "knowledge_distillation"]
     assert metrics["model_size"]["nnz"] == 6_688  # severe: one filter in each pruned conv (SPEC §4.1)
 
 
@@ -183,4 +183,4 @@ def test_two_process_cpu_ddp_with_qat_and_distillation(data_root: Path, teacher:
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["test"]["num_samples"] == 40
-    assert [record["method"] for record in metrics["compression"]] == ["dorefa", "distillation"]
+    assert [record["method"] for record in metrics["compression"]] == ["dorefa", "knowledge_distillation"]
