@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fakedata import make_fake_cifar
 from lightning.pytorch import Callback, Trainer
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -18,7 +19,6 @@ from imbcompress.compress.homovar import HomoVarLoss
 from imbcompress.compress.size import model_size
 from imbcompress.data.datamodule import ImbalancedDataModule
 from imbcompress.task import ImbalanceClassifier
-from tests.fakedata import make_fake_cifar
 
 TRAIN_COUNTS = [12, 8, 6, 4, 4, 3, 3, 2, 2, 2]
 
