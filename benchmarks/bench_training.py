@@ -39,11 +39,11 @@ def write_fake_cifar10(root: Path, train_images: int, seed: int = 0) -> None:
     for index in range(1, 6):
         labels = rng.integers(0, 10, per_batch).tolist()
         data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
-        (folder / f"data_batch_{index}").write_bytes(pickle.dumps({b"data": data, b"labels": labels}))
-    test = {b"data": rng.integers(0, 256, (10000, 3072), dtype=np.uint8), b"labels": (np.arange(10000) % 10).tolist()}
+        (folder / f"data_batch_{index}").write_bytes(pickle.dumps({"data": data, "labels": labels}))
+    test = {"data": rng.integers(0, 256, (10000, 3072), dtype=np.uint8), "labels": (np.arange(10000) % 10).tolist()}
     (folder / "test_batch").write_bytes(pickle.dumps(test))
-    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
-    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": names}))
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": names}))
 
 
 class StepTimer(Callback):

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -49,3 +52,15 @@ def make_learnable_cifar(root: Path, train_per_class: int = 60, test_per_class: 
     names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": names}))
     return root
+
+
+def run_ddp_fit(args: list[str], run_dir: Path) -> dict[str, Any]:
+    """`imbcompress fit` with 2 CPU processes (DDP over gloo) as a real subprocess; returns its metrics.json."""
+    command = [
+        sys.executable, "-m", "imbcompress", "fit", f"--config={CONFIGS / 'trainer/ddp_cpu.yaml'}",
+        f"--config={CONFIGS / 'model/resnet20.yaml'}", *args, f"--run_dir={run_dir}", *QUIET,
+    ]  # fmt: skip
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads((run_dir / "metrics.json").read_text())

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import itertools
-import json
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import CONFIGS, QUIET, REPO, fake_data_args, fit
+from cli_helpers import CONFIGS, fake_data_args, fit, run_ddp_fit
 from fakedata import make_fake_cifar
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -120,67 +116,45 @@ def test_compress_fragments_stack_through_the_cli(data_root: Path, teacher: Path
         "--trainer.limit_val_batches=0",
     ]
     metrics = fit(args, tmp_path / "run")
-    assert [record["method"] for record in metrics["compression"]] == ["filter_pruning", "dorefa", "knowledge_distillation"]
+    assert [record["method"] for record in metrics["compression"]] == [
+        "filter_pruning",
+        "dorefa",
+        "knowledge_distillation",
+    ]
     assert metrics["model_size"]["nnz"] == 6_688  # severe: one filter in each pruned conv (SPEC §4.1)
 
 
-@pytest.mark.slow
-def test_two_process_cpu_ddp_with_pruning_and_quantization(data_root: Path, teacher: Path, tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
-    command = [
-        sys.executable,
-        "-m",
-        "imbcompress",
-        "fit",
-        f"--config={CONFIGS / 'trainer/ddp_cpu.yaml'}",
-        f"--config={CONFIGS / 'model/resnet20.yaml'}",
+def _ddp_data_args(data_root: Path) -> list[str]:
+    return [
         f"--config={CONFIGS / 'data/cifar10_exp100.yaml'}",
         *fake_data_args(data_root),
         "--data.init_args.imbalance_ratio=3",
         "--data.init_args.batch_size=8",
+        "--trainer.max_epochs=1",
+    ]
+
+
+@pytest.mark.slow
+def test_two_process_cpu_ddp_with_pruning_and_climbq(data_root: Path, tmp_path: Path) -> None:
+    fragments = [
         f"--config={CONFIGS / 'compress/prune_moderate.yaml'}",
         f"--config={CONFIGS / 'compress/climbqplus_w2.yaml'}",
-        "--trainer.max_epochs=1",
-        f"--run_dir={run_dir}",
-        *QUIET,
     ]
-    result = subprocess.run(
-        command, cwd=REPO, env=os.environ | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = run_ddp_fit([*_ddp_data_args(data_root), *fragments], tmp_path / "run")
     assert metrics["world_size"] == 2 and metrics["test"]["num_samples"] == 40
     assert [record["method"] for record in metrics["compression"]] == ["filter_pruning", "climbq"]
     # both ranks pruned identically (else DDP would have failed on shape mismatch); the checkpoint reloads
-    reloaded = ImbalanceClassifier.load_from_checkpoint(run_dir / "checkpoints/last.ckpt")
+    reloaded = ImbalanceClassifier.load_from_checkpoint(tmp_path / "run/checkpoints/last.ckpt")
     assert [r["kind"] for r in reloaded.transforms] == ["filter_pruning", "climbq"]
 
 
 @pytest.mark.slow
 def test_two_process_cpu_ddp_with_qat_and_distillation(data_root: Path, teacher: Path, tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
-    command = [
-        sys.executable,
-        "-m",
-        "imbcompress",
-        "fit",
-        f"--config={CONFIGS / 'trainer/ddp_cpu.yaml'}",
-        f"--config={CONFIGS / 'model/resnet20.yaml'}",
-        f"--config={CONFIGS / 'data/cifar10_exp100.yaml'}",
-        *fake_data_args(data_root),
-        "--data.init_args.imbalance_ratio=3",
-        "--data.init_args.batch_size=8",
+    fragments = [
         f"--config={CONFIGS / 'compress/dorefa_a8w4.yaml'}",
         f"--config={CONFIGS / 'compress/distill.yaml'}",
         f"--trainer.callbacks.init_args.teacher_checkpoint={teacher}",
-        "--trainer.max_epochs=1",
-        f"--run_dir={run_dir}",
-        *QUIET,
     ]
-    result = subprocess.run(
-        command, cwd=REPO, env=os.environ | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = run_ddp_fit([*_ddp_data_args(data_root), *fragments], tmp_path / "run")
     assert metrics["world_size"] == 2 and metrics["test"]["num_samples"] == 40
     assert [record["method"] for record in metrics["compression"]] == ["dorefa", "knowledge_distillation"]

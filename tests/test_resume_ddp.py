@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import CONFIGS, REPO, fake_data_args
+from cli_helpers import fake_data_args, run_ddp_fit
 from fakedata import make_fake_cifar
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -77,25 +73,8 @@ def test_resume_mid_epoch_matches_uninterrupted_run(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_two_process_cpu_ddp_fit(tmp_path: Path) -> None:
     root = make_fake_cifar(tmp_path / "data", train_per_class=16, test_per_class=7)  # 70 test images: uneven shards
-    run_dir = tmp_path / "run"
-    command = [
-        sys.executable,
-        "-m",
-        "imbcompress",
-        "fit",
-        f"--config={CONFIGS / 'trainer/ddp_cpu.yaml'}",
-        f"--config={CONFIGS / 'model/resnet20.yaml'}",
-        "--data=imbcompress.data.ImbalancedDataModule",
-        *fake_data_args(root),
-        "--data.init_args.batch_size=8",
-        "--trainer.max_epochs=1",
-        "--trainer.enable_progress_bar=false",
-        f"--run_dir={run_dir}",
-    ]
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    args = ["--data=imbcompress.data.ImbalancedDataModule", *fake_data_args(root), "--data.init_args.batch_size=8"]
+    metrics = run_ddp_fit([*args, "--trainer.max_epochs=1"], tmp_path / "run")
     assert metrics["world_size"] == 2
     assert metrics["test"]["num_samples"] == 70  # every test image exactly once, no padding duplicates
     assert [sum(row) for row in metrics["test"]["confusion_matrix"]] == [7] * 10

@@ -8,31 +8,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import Trainer
+from tiny import quiet_trainer, random_loader
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from imbcompress.compress.transforms import TRANSFORMS, register_transform
 from imbcompress.task import ImbalanceClassifier, LossContext, lr_factor
 
 
 def _loader(n: int = 16, num_classes: int = 3) -> DataLoader:
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randn(n, 3, 32, 32, generator=generator)
-    labels = torch.arange(n) % num_classes
-    return DataLoader(TensorDataset(images, labels), batch_size=8)
+    return random_loader(num_classes, n=n)
 
 
 def _trainer(tmp_path: Path, **kwargs) -> Trainer:
-    defaults = dict(
-        accelerator="cpu",
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
-    return Trainer(**(defaults | kwargs))
+    return quiet_trainer(tmp_path, **kwargs)
 
 
 class ScaledLogitNorm:

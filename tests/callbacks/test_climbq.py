@@ -8,6 +8,7 @@ import pytest
 import torch
 from fakedata import make_fake_cifar
 from lightning.pytorch import Callback, Trainer
+from tiny import quiet_trainer
 from torch.utils.data import DataLoader, TensorDataset
 
 from imbcompress.callbacks.climbq import ClimbQ
@@ -38,19 +39,7 @@ def _task(**kwargs) -> ImbalanceClassifier:
 
 
 def _trainer(tmp_path: Path, **kwargs) -> Trainer:
-    defaults = dict(
-        accelerator="cpu",
-        max_epochs=1,
-        limit_train_batches=2,
-        limit_val_batches=0,
-        limit_test_batches=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
-    return Trainer(**(defaults | kwargs))
+    return quiet_trainer(tmp_path, **({"limit_val_batches": 0} | kwargs))
 
 
 def _test_metrics(trainer: Trainer, task: ImbalanceClassifier | None, root: Path, ckpt_path: Path | None = None):

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 from lightning.pytorch import Trainer
-from torch.utils.data import DataLoader, TensorDataset
+from tiny import quiet_trainer, random_loader
+from torch.utils.data import DataLoader
 
 from imbcompress.callbacks.knowledge_distillation import KnowledgeDistillation
 from imbcompress.callbacks.quantization_aware_training import QuantizationAwareTraining
@@ -19,24 +20,11 @@ NUM_CLASSES = 3
 
 
 def _loader(seed: int = 0, n: int = 16, num_classes: int = NUM_CLASSES) -> DataLoader:
-    generator = torch.Generator().manual_seed(seed)
-    images = torch.randn(n, 3, 32, 32, generator=generator)
-    return DataLoader(TensorDataset(images, torch.arange(n) % num_classes), batch_size=8)
+    return random_loader(num_classes, n=n, seed=seed)
 
 
 def _trainer(root: Path, **kwargs) -> Trainer:
-    defaults = dict(
-        accelerator="cpu",
-        max_epochs=1,
-        limit_train_batches=2,
-        limit_test_batches=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=root,
-    )
-    return Trainer(**(defaults | kwargs))
+    return quiet_trainer(root, **kwargs)
 
 
 def _task(num_classes: int = NUM_CLASSES, **kwargs) -> ImbalanceClassifier:

@@ -14,8 +14,9 @@ import yaml
 from jsonargparse import ArgumentParser
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, ModelPruning
+from tiny import quiet_trainer, random_loader
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from imbcompress.callbacks.filter_pruning import FilterPruning
 from imbcompress.compress.pruning import top_filters
@@ -26,24 +27,11 @@ NUM_CLASSES = 3
 
 
 def _loader(n: int = 16) -> DataLoader:
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randn(n, 3, 32, 32, generator=generator)
-    return DataLoader(TensorDataset(images, torch.arange(n) % NUM_CLASSES), batch_size=8)
+    return random_loader(NUM_CLASSES, n=n)
 
 
 def _trainer(tmp_path: Path, callbacks: list, **kwargs) -> Trainer:
-    defaults = dict(
-        accelerator="cpu",
-        max_epochs=1,
-        limit_train_batches=2,
-        limit_test_batches=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
-    return Trainer(callbacks=callbacks, **(defaults | kwargs))
+    return quiet_trainer(tmp_path, callbacks=callbacks, **kwargs)
 
 
 def _task(**kwargs) -> ImbalanceClassifier:

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 from lightning.pytorch import Trainer
-from torch.utils.data import DataLoader, TensorDataset
+from tiny import quiet_trainer, random_loader
+from torch.utils.data import DataLoader
 
 from imbcompress.callbacks.quantization_aware_training import QuantizationAwareTraining
 from imbcompress.compress.dorefa import DoReFaConv2d, QuantizedReLU
@@ -20,24 +21,11 @@ NUM_CLASSES = 3
 
 
 def _loader(seed: int = 0, n: int = 16) -> DataLoader:
-    generator = torch.Generator().manual_seed(seed)
-    images = torch.randn(n, 3, 32, 32, generator=generator)
-    return DataLoader(TensorDataset(images, torch.arange(n) % NUM_CLASSES), batch_size=8)
+    return random_loader(NUM_CLASSES, n=n, seed=seed)
 
 
 def _trainer(tmp_path: Path, **kwargs) -> Trainer:
-    defaults = dict(
-        accelerator="cpu",
-        max_epochs=1,
-        limit_train_batches=2,
-        limit_test_batches=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
-    return Trainer(**(defaults | kwargs))
+    return quiet_trainer(tmp_path, **kwargs)
 
 
 def _test_metrics(trainer: Trainer, task: ImbalanceClassifier | None = None, ckpt_path: Path | None = None) -> dict:

@@ -1,0 +1,33 @@
+"""Tiny in-memory data and a quiet CPU Trainer for callback and task tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Trainer
+from torch.utils.data import DataLoader, TensorDataset
+
+
+def random_loader(num_classes: int, n: int = 16, seed: int = 0, batch_size: int = 8) -> DataLoader:
+    """``n`` random 32x32 images with labels cycling through the classes."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randn(n, 3, 32, 32, generator=generator)
+    return DataLoader(TensorDataset(images, torch.arange(n) % num_classes), batch_size=batch_size)
+
+
+def quiet_trainer(workdir: Path, **kwargs: Any) -> Trainer:
+    """One short CPU epoch (2 train / 2 test batches), no logger, checkpoints, bars or summary; kwargs override."""
+    defaults: dict[str, Any] = dict(
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_test_batches=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=workdir,
+    )
+    return Trainer(**(defaults | kwargs))
