@@ -76,15 +76,32 @@ def test_every_experiment_config_runs(config: Path, cifar_root: Path, folder_roo
     assert metrics["test"]["num_samples"] > 0
 
 
+@pytest.fixture(scope="module")
+def teacher_ckpt(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("teacher")
+    fit(
+        [*BASE, "--data=imbcompress.data.ImbalancedDataModule", *fake_data_args(cifar_root), "--trainer.max_steps=1"],
+        run,
+    )
+    return run / "checkpoints/last.ckpt"
+
+
 @pytest.mark.parametrize(
     "config",
-    _committed_configs("trainer") + _committed_configs("model") + _committed_configs("data"),
+    sum((_committed_configs(folder) for folder in ("trainer", "model", "data", "compress")), []),
     ids=lambda p: f"{p.parent.name}/{p.stem}",
 )
-def test_every_fragment_runs(config: Path, cifar_root: Path, folder_root: Path, tmp_path: Path) -> None:
+def test_every_fragment_runs(
+    config: Path, cifar_root: Path, folder_root: Path, teacher_ckpt: Path, tmp_path: Path
+) -> None:
     base = {"trainer": CONFIGS / "trainer/cpu.yaml", "model": CONFIGS / "model/resnet20.yaml", "data": None}
-    base[config.parent.name] = config
+    if config.parent.name == "compress":  # appended on top of a full run, as users combine them
+        base["compress"] = config
+    else:
+        base[config.parent.name] = config
     args = [f"--config={path}" for path in base.values() if path is not None]
+    if "teacher_checkpoint" in config.read_text():
+        args.append(f"--trainer.callbacks.init_args.teacher_checkpoint={teacher_ckpt}")
     if base["data"] is None:
         args += ["--data=imbcompress.data.ImbalancedDataModule", *fake_data_args(cifar_root)]
     else:
