@@ -11,15 +11,17 @@ from typing import Any, Literal, Protocol
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from imbcompress.checkpoint import load_checkpoint_file, model_state_from_checkpoint
+from imbcompress.compress.size import model_size
 from imbcompress.compress.transforms import apply_transform
 from imbcompress.metrics import summarize_confusion
 from imbcompress.models.registry import ModelName, build_model
-from imbcompress.reporting import report_test_results
+from imbcompress.reporting import activation_bits_of, compression_records, report_test_results
 
 TRANSFORMS_KEY = "imbcompress_transforms"
 Stage = Literal["train", "val", "test", "predict"]
@@ -174,6 +176,16 @@ class ImbalanceClassifier(LightningModule):
         # Runs after the callbacks' setup, i.e. after any structural compression.
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
+
+    def on_fit_start(self) -> None:
+        # After every callback's setup: the size of the model that is actually trained (pruned, quantized, ...).
+        size = model_size(self.model, activation_bits=activation_bits_of(compression_records(self.trainer)))
+        rank_zero_info(
+            f"model size: {size['total_params']:,} parameters, NNZ {size['nnz']:,}, "
+            f"weights {size['weight_storage_mib']:.3f} MiB ({size['weight_storage_mibit']:.2f} Mib)"
+        )
+        for logger in self.loggers:
+            logger.log_metrics({f"model_size/{key}": float(value) for key, value in size.items()}, step=0)
 
     def _forward(self, batch: tuple[Tensor, Tensor], stage: str) -> LossContext:
         inputs, targets = batch
