@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
+from timing import median_step_seconds
 from torch import Tensor, nn
 
 from imbcompress.compress.climbq import apply_climbq, clear_class_labels, climbq_record, set_class_labels
@@ -77,16 +76,7 @@ def measure(batch_size: int, repeats: int, steps: int, bf16: bool) -> dict[str, 
         images = images.contiguous(memory_format=torch.channels_last)
     labels = _long_tailed_labels(batch_size)
     runs = {variant: make_step(variant, bf16) for variant in VARIANTS}
-    for run in runs.values():  # warm-up: allocator, oneDNN primitive caches
-        run(images, labels)
-    times: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
-    for _ in range(repeats):
-        for variant, run in runs.items():
-            start = time.perf_counter()
-            for _ in range(steps):
-                run(images, labels)
-            times[variant].append((time.perf_counter() - start) / steps)
-    return {variant: statistics.median(values) for variant, values in times.items()}
+    return median_step_seconds(runs, images, labels, repeats, steps)
 
 
 def main() -> None:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
+from timing import median_step_seconds
 from torch import Tensor, nn
 
 from imbcompress.compress.distillation import DistillationTerm
@@ -75,16 +75,7 @@ def measure(batch_size: int, repeats: int, steps: int, bf16: bool, clock: Callab
         images = images.contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, 10, (batch_size,))
     runs = {variant: make_step(variant, bf16) for variant in VARIANTS}
-    for run in runs.values():  # warm-up: allocator, oneDNN primitive caches
-        run(images, labels)
-    times: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
-    for _ in range(repeats):
-        for variant, run in runs.items():
-            start = clock()
-            for _ in range(steps):
-                run(images, labels)
-            times[variant].append((clock() - start) / steps)
-    return {variant: statistics.median(values) for variant, values in times.items()}
+    return median_step_seconds(runs, images, labels, repeats, steps, clock)
 
 
 def _cpu_name() -> str:
