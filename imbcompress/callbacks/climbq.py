@@ -15,7 +15,7 @@ from imbcompress.compress.climbq import (
     climbq_record,
     set_class_labels,
 )
-from imbcompress.compress.homovar import HomoVarLoss
+from imbcompress.compress.homovar import HomoVarLoss, check_settings
 
 if TYPE_CHECKING:
     from imbcompress.task import ImbalanceClassifier
@@ -154,11 +154,6 @@ def _class_counts(trainer: Trainer) -> list[int]:
 def _validate(bits: int, mode: str, alpha: float, beta: float, exclude: list[str] | None) -> None:
     if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
         raise ValueError(f"ClimbQ.bits must be an int in [{MIN_BITS}, {MAX_BITS}], got {bits!r}")
-    if mode not in ("official", "paper"):
-        raise ValueError(f"ClimbQ.mode must be 'official' or 'paper', got {mode!r}")
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"ClimbQ.alpha must be in (0, 1), got {alpha!r}")
-    if not 0.0 < beta < 1.0:
-        raise ValueError(f"ClimbQ.beta must be in (0, 1), got {beta!r}")
+    check_settings(mode, alpha, beta, prefix="ClimbQ.")
     if exclude is not None and not all(isinstance(name, str) and name for name in exclude):
         raise ValueError(f"ClimbQ.exclude must be a list of module names, got {exclude!r}")

@@ -237,9 +237,14 @@ def _validate(class_counts: Sequence[int], mode: str, alpha: float, beta: float)
     counts = list(class_counts)
     if len(counts) < 2 or any(int(c) < 1 for c in counts):
         raise ValueError(f"HomoVar class_counts must list >= 2 classes with >= 1 sample each, got {counts}")
+    check_settings(mode, alpha, beta, prefix="HomoVar ")
+
+
+def check_settings(mode: str, alpha: float, beta: float, prefix: str) -> None:
+    """Validate ``mode``, ``alpha`` and ``beta``; ``prefix`` names the setting in the message (e.g. "ClimbQ.")."""
     if mode not in ("official", "paper"):
-        raise ValueError(f"HomoVar mode must be 'official' or 'paper', got {mode!r}")
+        raise ValueError(f"{prefix}mode must be 'official' or 'paper', got {mode!r}")
     if not 0.0 < alpha < 1.0:
-        raise ValueError(f"HomoVar alpha must be in (0, 1), got {alpha}")
+        raise ValueError(f"{prefix}alpha must be in (0, 1), got {alpha!r}")
     if not 0.0 < beta < 1.0:
-        raise ValueError(f"HomoVar beta must be in (0, 1), got {beta}")
+        raise ValueError(f"{prefix}beta must be in (0, 1), got {beta!r}")
