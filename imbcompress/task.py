@@ -24,7 +24,6 @@ from imbcompress.models.registry import ModelName, build_model
 from imbcompress.reporting import activation_bits_of, compression_records, report_test_results
 
 TRANSFORMS_KEY = "imbcompress_transforms"
-Stage = Literal["train", "val", "test", "predict"]
 
 
 @dataclass

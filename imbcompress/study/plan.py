@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from imbcompress.atomic import write_json_atomic
 from imbcompress.study.spec import KD_CLASS_PATH, LAST_CKPT, Method, Study, Variant
 
 PLAN_FILE = "plan.json"
@@ -141,18 +141,6 @@ def expand(study: Study, out_dir: str | Path) -> Plan:
         seeds=list(study.seeds),
         runs=runs,
     )
-
-
-def write_json_atomic(path: str | Path, data: object) -> None:
-    """Write JSON through a temporary file and a rename so a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as handle:
-        json.dump(data, handle, indent=2)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def save_plan(plan: Plan) -> None:

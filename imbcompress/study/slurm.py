@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imbcompress.study.plan import Plan, Run, save_plan, write_json_atomic
+from imbcompress.atomic import write_json_atomic
+from imbcompress.study.plan import Plan, Run, save_plan
 from imbcompress.study.state import is_done, update_status
 
 SLURM_DIR = "slurm"

@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
-from imbcompress.study.plan import Plan, Run, write_json_atomic
+from imbcompress.atomic import write_json_atomic
+from imbcompress.study.plan import Plan, Run
 from imbcompress.study.spec import LAST_CKPT
 
 METRICS_FILE = "metrics.json"
