@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,6 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
+
+from imbcompress.atomic import atomic_write
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # CIFAR-100 fine labels in label order (the official meta file lists them alphabetically).
@@ -263,21 +264,19 @@ def _read_cache(path: Path) -> DatasetArrays | None:
 
 
 def _write_cache(path: Path, fingerprint: str, arrays: DatasetArrays) -> None:
-    """Writes the cache atomically (temp file + rename) and removes stale caches of the same folder."""
+    """Writes the cache atomically and removes stale caches of the same folder."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            np.savez(
-                f,
+        atomic_write(
+            path,
+            lambda handle: np.savez(
+                handle,
                 train_images=arrays.train_images.numpy(),
                 train_labels=arrays.train_labels.numpy(),
                 test_images=arrays.test_images.numpy(),
                 test_labels=arrays.test_labels.numpy(),
                 class_names=np.array(arrays.class_names),
-            )
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache is as readable as the images
-        os.replace(tmp, path)
+            ),
+        )
     except OSError as error:
         warnings.warn(
             f"could not write the image-folder decode cache {path} ({error}); the folder will be decoded again "

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from imbcompress.atomic import atomic_write
 from imbcompress.study.plan import GENERATED_FRAGMENT, Plan, Run, save_plan
 from imbcompress.study.state import (
     LOG_FILE,
@@ -69,9 +70,8 @@ def prepare_run(run: Run) -> None:
     Path(run.dir).mkdir(parents=True, exist_ok=True)
     if run.callbacks:
         fragment = {"trainer": {"callbacks+": run.callbacks}}
-        tmp = Path(run.dir) / f".{GENERATED_FRAGMENT}.tmp"
-        tmp.write_text(yaml.safe_dump(fragment, sort_keys=False))
-        os.replace(tmp, Path(run.dir) / GENERATED_FRAGMENT)
+        text = yaml.safe_dump(fragment, sort_keys=False).encode()
+        atomic_write(Path(run.dir) / GENERATED_FRAGMENT, lambda handle: handle.write(text))
 
 
 def launch(run: Run, command_prefix: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
