@@ -9,12 +9,14 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import yaml
 
 from imbcompress.atomic import atomic_write
 from imbcompress.study.plan import GENERATED_FRAGMENT, Plan, Run, save_plan
+from imbcompress.study.spec import LAST_CKPT
 from imbcompress.study.state import (
     LOG_FILE,
     StudyLock,
@@ -74,10 +76,27 @@ def prepare_run(run: Run) -> None:
         atomic_write(Path(run.dir) / GENERATED_FRAGMENT, lambda handle: handle.write(text))
 
 
+def lost_attempt_seconds(run_dir: str | Path, status: dict) -> float:
+    """Run time of an attempt whose end was never recorded, or 0.
+
+    That happens when the study process died together with the run (SIGKILL, the machine stopped): the status still
+    says ``running``. The attempt lasted at least from its start to its last write (its log or checkpoint), which is
+    what is counted.
+    """
+    if status.get("state") != "running" or not status.get("started"):
+        return 0.0
+    writes = [Path(run_dir) / LOG_FILE, Path(run_dir) / LAST_CKPT]
+    last = max((path.stat().st_mtime for path in writes if path.exists()), default=None)
+    if last is None:
+        return 0.0
+    return max(0.0, round(last - datetime.fromisoformat(status["started"]).timestamp(), 1))
+
+
 def launch(run: Run, command_prefix: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start one run as a subprocess, resuming from its last checkpoint when it has one.
 
-    The log is appended to, so the output of earlier attempts is kept.
+    The log is appended to, so the output of earlier attempts is kept. The run time of an earlier attempt that was
+    lost without a record (:func:`lost_attempt_seconds`) is added to ``total_s`` here.
     """
     if is_done(run.dir):
         raise RuntimeError(f"run {run.id} is finished; refusing to start it again")
@@ -86,13 +105,14 @@ def launch(run: Run, command_prefix: list[str], env: dict[str, str] | None = Non
     cmd = run.command(command_prefix, resume=resume)
     previous = read_status(run.dir)
     attempt = int(previous.get("attempt", 0)) + 1
+    total = round(float(previous.get("total_s") or 0.0) + lost_attempt_seconds(run.dir, previous), 1)
     with open(Path(run.dir) / LOG_FILE, "a") as log:
         log.write(f"\n=== attempt {attempt} at {now()} ({'resume' if resume else 'start'}) ===\n$ {' '.join(cmd)}\n")
         log.flush()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     update_status(
         run.dir, state="running", attempt=attempt, resumed=resume, pid=proc.pid, command=cmd, started=now(),
-        first_started=previous.get("first_started") or now(), returncode=None, error=None,
+        first_started=previous.get("first_started") or now(), returncode=None, error=None, total_s=total,
     )  # fmt: skip
     return proc
 
@@ -207,7 +227,12 @@ class LocalScheduler:
             except subprocess.TimeoutExpired:
                 item.proc.kill()
                 item.proc.wait()
-            update_status(item.run.dir, state="interrupted", returncode=item.proc.returncode, ended=now())
+            duration = round(time.monotonic() - item.started, 1)
+            total = round(float(read_status(item.run.dir).get("total_s") or 0.0) + duration, 1)
+            update_status(
+                item.run.dir, state="interrupted", returncode=item.proc.returncode, ended=now(), duration_s=duration,
+                total_s=total,
+            )  # fmt: skip
         self.active.clear()
 
     def run(self) -> dict[str, str]:

@@ -6,15 +6,16 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from imbcompress.study.cli import main
 from imbcompress.study.plan import expand, load_plan
-from imbcompress.study.runner import launch, run_plan, slot_envs
+from imbcompress.study.runner import launch, lost_attempt_seconds, run_plan, slot_envs
 from imbcompress.study.spec import load_study
-from imbcompress.study.state import StudyLock, plan_states, read_status
+from imbcompress.study.state import StudyLock, plan_states, read_status, update_status
 
 from .conftest import write_study
 
@@ -178,6 +179,24 @@ def test_sigterm_stops_the_study_and_its_runs(tmp_path, fake_env, fake_prefix):
     assert proc.wait(timeout=30) == 143
     status = read_status(out / "runs" / "balanced" / "fp32" / "seed0")
     assert status["state"] == "interrupted"
+    assert status["total_s"] == status["duration_s"] > 0  # the interrupted attempt's time is counted
     with pytest.raises(ProcessLookupError):
         os.kill(status["pid"], 0)
     assert plan_states(load_plan(out))["balanced/fp32/seed0"] == "pending"
+
+
+def test_time_of_an_attempt_lost_with_the_study_is_counted(tmp_path, fake_env, fake_prefix):
+    """A run still marked ``running`` died unrecorded: its start-to-last-write time goes into ``total_s``."""
+    plan = make_plan(tmp_path)
+    run = plan.by_id()["balanced/fp32/seed0"]
+    Path(run.dir).mkdir(parents=True)
+    started = time.time() - 1000
+    update_status(run.dir, state="running", started=datetime.fromtimestamp(started, UTC).isoformat(), total_s=10.0)
+    log = Path(run.dir) / "run.log"
+    log.write_text("epoch 3\n")
+    os.utime(log, (started + 75, started + 75))
+    assert lost_attempt_seconds(run.dir, read_status(run.dir)) == 75.0
+    assert lost_attempt_seconds(run.dir, {**read_status(run.dir), "state": "interrupted"}) == 0.0
+    proc = launch(run, fake_prefix)
+    assert read_status(run.dir)["total_s"] == 85.0
+    assert proc.wait(timeout=60) == 0
