@@ -40,6 +40,8 @@ def load_records(plan: Plan) -> tuple[list[dict], list[str]]:
                 "accuracy": test.get("accuracy", math.nan),
                 "per_class_f1": test.get("per_class", {}).get("f1", []),
                 "model_size": metrics.get("model_size") or {},
+                "versions": metrics.get("versions") or {},
+                "precision": metrics.get("precision"),
             }
         )
         class_names = class_names or list(metrics.get("class_names") or [])
@@ -111,6 +113,17 @@ def _cpu_model() -> str:
     return names[0] if names else platform.processor() or platform.machine()
 
 
+def _software(records: list[dict]) -> str:
+    """The package versions and precision the runs recorded in their metrics.json (each distinct set once)."""
+    seen: list[str] = []
+    for record in records:
+        text = ", ".join(f"{name} {version}" for name, version in record["versions"].items()) or "versions not recorded"
+        text += f"; precision {record['precision'] or 'not recorded'}"
+        if text not in seen:
+            seen.append(text)
+    return " | ".join(seen) or "no finished runs"
+
+
 def _header(plan: Plan, records: list[dict]) -> list[str]:
     counts = Counter(plan_states(plan).values())
     state_text = ", ".join(f"{state} {counts[state]}" for state in ("done", "running", "failed", "blocked", "pending"))
@@ -120,8 +133,9 @@ def _header(plan: Plan, records: list[dict]) -> list[str]:
         f"- Study file: `{plan.study_path}`; output directory `{plan.out_dir}`",
         f"- Runs: {len(plan.runs)} ({state_text}); {len(records)} with results; seeds {plan.seeds}",
         f"- Reference (uncompressed) configuration: `{plan.reference}`",
-        f"- Machine: {_cpu_model()}, {os.cpu_count()} CPU(s) visible, {platform.system()}, "
+        f"- Report written on: {_cpu_model()}, {os.cpu_count()} CPU(s) visible, {platform.system()}, "
         f"Python {platform.python_version()}",
+        f"- Software of the runs (their metrics.json): {_software(records)}",
         f"- Time: {_timing(plan)}",
         "- Commands (`invocations.log`):",
         "",

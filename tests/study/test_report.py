@@ -35,6 +35,8 @@ def write_metrics(run, f1: float) -> None:
         "test": {"accuracy": f1 + 0.05, "macro_f1": f1, "per_class": {"f1": [f1 + 0.1, f1, f1 - 0.1]}},
         "model_size": {"total_params": nnz + 10, "nnz": nnz, "weight_storage_mib": nnz / 2**18, "paper_mibit": 0.1},
         "seed": run.seed,
+        "versions": {"torch": "2.14.1", "lightning": "2.6.6"},
+        "precision": "bf16-mixed" if run.seed == 0 else "32-true",
     }
     (Path(run.dir) / "metrics.json").write_text(json.dumps(metrics))
 
@@ -93,6 +95,8 @@ def test_report_numbers_tables_and_figures(study_dir):
         assert (out / name).stat().st_size > 0
     assert not (out / "per_class_f1_step-r10-m5.png").exists()  # a variant without results has no heat map
     assert "Each cell: μ=2 / μ=5 minority classes." in report
+    software = "torch 2.14.1, lightning 2.6.6; precision "
+    assert f"{software}bf16-mixed | {software}32-true" in report  # each distinct setting once
 
 
 def test_report_to_another_directory(study_dir, tmp_path):
