@@ -104,7 +104,7 @@ def test_bad_study_is_rejected_before_anything_runs(tmp_path, fake_env, fake_pre
 
 @pytest.mark.parametrize(
     ("name", "variants", "methods", "seeds"),
-    [("c24_resnet20", 21, 8, 3), ("climbq_cifar10lt", 4, 7, 1), ("cpu_mini", 3, 4, 1)],
+    [("c24_resnet20", 21, 8, 3), ("climbq_cifar10lt", 4, 7, 1), ("cpu_mini", 3, 4, 2)],
 )
 def test_committed_study_files_parse(name, variants, methods, seeds):
     path = REPO / "configs" / "studies" / f"{name}.yaml"
