@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from imbcompress.atomic import write_json_atomic
+from imbcompress.host import describe_host
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -27,6 +28,16 @@ def _versions() -> dict[str, str]:
         except PackageNotFoundError:
             result[package] = "not installed"
     return result
+
+
+def _gpu_name(trainer: pl.Trainer) -> str | None:
+    """The name of the CUDA device this rank used, or None (CUDA is never touched when training ran elsewhere)."""
+    device = trainer.strategy.root_device
+    if device.type != "cuda":
+        return None
+    import torch
+
+    return torch.cuda.get_device_name(device)
 
 
 def compression_records(trainer: pl.Trainer) -> list[dict[str, Any]]:
@@ -70,6 +81,7 @@ def build_metrics(trainer: pl.Trainer, task: Any, results: dict[str, Any]) -> di
         "precision": str(trainer.precision),
         "world_size": trainer.world_size,
         "versions": _versions(),
+        "host": describe_host(_gpu_name(trainer)),
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ METRICS_KEYS = {
     "model_size",
     "seed",
     "versions",
+    "host",
     "ckpt_path",
 }
 
@@ -117,6 +119,7 @@ def test_metrics_json_complete_and_test_ckpt_path_reproduces(cifar_root: Path, t
     data += ["--data.init_args.imbalance_ratio=12", "--data.init_args.batch_size=32"]
     metrics = fit([*BASE, *data, "--trainer.max_epochs=2", "--seed_everything=3"], tmp_path / "run")
     assert set(metrics) >= METRICS_KEYS
+    assert metrics["host"]["cpu_count"] == os.cpu_count() and metrics["host"]["gpu"] is None  # a CPU run
     assert metrics["imbalance"] == {
         "profile": "exponential",
         "ratio": 12.0,

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import csv
 import math
-import os
-import platform
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
+from imbcompress.host import describe_host, host_text
 from imbcompress.study.aggregate import GUARD_POINTS, gap_summary
 from imbcompress.study.figures import gap_figure, heatmap_figure
 from imbcompress.study.plan import Plan
@@ -42,6 +41,7 @@ def load_records(plan: Plan) -> tuple[list[dict], list[str]]:
                 "model_size": metrics.get("model_size") or {},
                 "versions": metrics.get("versions") or {},
                 "precision": metrics.get("precision"),
+                "host": metrics.get("host"),
             }
         )
         class_names = class_names or list(metrics.get("class_names") or [])
@@ -104,24 +104,24 @@ def _invocations(plan: Plan) -> list[str]:
     return path.read_text().splitlines() if path.is_file() else ["(none recorded)"]
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            names = [line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")]
-    except OSError:
-        names = []
-    return names[0] if names else platform.processor() or platform.machine()
+def _distinct(texts: list[str], empty: str) -> str:
+    seen = list(dict.fromkeys(texts))
+    return " | ".join(seen) or empty
 
 
 def _software(records: list[dict]) -> str:
     """The package versions and precision the runs recorded in their metrics.json (each distinct set once)."""
-    seen: list[str] = []
+    texts = []
     for record in records:
         text = ", ".join(f"{name} {version}" for name, version in record["versions"].items()) or "versions not recorded"
-        text += f"; precision {record['precision'] or 'not recorded'}"
-        if text not in seen:
-            seen.append(text)
-    return " | ".join(seen) or "no finished runs"
+        texts.append(text + f"; precision {record['precision'] or 'not recorded'}")
+    return _distinct(texts, "no finished runs")
+
+
+def _machines(records: list[dict]) -> str:
+    """The machines the runs recorded in their metrics.json (each distinct one once)."""
+    texts = [host_text(record["host"]) if record.get("host") else "not recorded" for record in records]
+    return _distinct(texts, "no finished runs")
 
 
 def _header(plan: Plan, records: list[dict]) -> list[str]:
@@ -133,8 +133,8 @@ def _header(plan: Plan, records: list[dict]) -> list[str]:
         f"- Study file: `{plan.study_path}`; output directory `{plan.out_dir}`",
         f"- Runs: {len(plan.runs)} ({state_text}); {len(records)} with results; seeds {plan.seeds}",
         f"- Reference (uncompressed) configuration: `{plan.reference}`",
-        f"- Report written on: {_cpu_model()}, {os.cpu_count()} CPU(s) visible, {platform.system()}, "
-        f"Python {platform.python_version()}",
+        f"- Machine of the runs (their metrics.json): {_machines(records)}; report written on: "
+        f"{host_text(describe_host())}",
         f"- Software of the runs (their metrics.json): {_software(records)}",
         f"- Time: {_timing(plan)}",
         "- Commands (`invocations.log`):",

@@ -37,6 +37,7 @@ def write_metrics(run, f1: float) -> None:
         "seed": run.seed,
         "versions": {"torch": "2.14.1", "lightning": "2.6.6"},
         "precision": "bf16-mixed" if run.seed == 0 else "32-true",
+        "host": {"cpu": "Test CPU", "cpu_count": 2, "system": "Linux", "python": "3.11.7", "gpu": None},
     }
     (Path(run.dir) / "metrics.json").write_text(json.dumps(metrics))
 
@@ -97,6 +98,7 @@ def test_report_numbers_tables_and_figures(study_dir):
     assert "Each cell: μ=2 / μ=5 minority classes." in report
     software = "torch 2.14.1, lightning 2.6.6; precision "
     assert f"{software}bf16-mixed | {software}32-true" in report  # each distinct setting once
+    assert "Machine of the runs (their metrics.json): Test CPU, 2 CPU(s), Linux, Python 3.11.7; report" in report
 
 
 def test_report_to_another_directory(study_dir, tmp_path):

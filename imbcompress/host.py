@@ -1,0 +1,33 @@
+"""The machine a run or a report ran on, from the standard library only (the study CLI must not import torch)."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else what :mod:`platform` knows)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            names = [line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else platform.processor() or platform.machine()
+
+
+def describe_host(gpu: str | None = None) -> dict[str, object]:
+    """What ``metrics.json`` records under ``host``: CPU model, visible CPUs, OS, Python and the GPU (or None)."""
+    return {
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "system": platform.system(),
+        "python": platform.python_version(),
+        "gpu": gpu,
+    }
+
+
+def host_text(host: dict) -> str:
+    """One line for a report: ``AMD EPYC, 2 CPU(s), Linux, Python 3.11.7`` (plus the GPU when there was one)."""
+    text = f"{host.get('cpu')}, {host.get('cpu_count')} CPU(s), {host.get('system')}, Python {host.get('python')}"
+    return text + (f", GPU {host['gpu']}" if host.get("gpu") else "")
