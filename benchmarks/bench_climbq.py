@@ -10,22 +10,19 @@ each figure is the median over repeats.
 
 from __future__ import annotations
 
-import argparse
-import platform
 from collections.abc import Callable
 from contextlib import nullcontext
 from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
-from timing import median_step_seconds
+from timing import Step, median_step_seconds, parse_step_args
 from torch import Tensor, nn
 
 from imbcompress.compress.climbq import apply_climbq, clear_class_labels, climbq_record, set_class_labels
 from imbcompress.compress.homovar import HomoVarLoss
 from imbcompress.models import build_model
 
-Step = Callable[[Tensor, Tensor], None]
 VARIANTS = {"plain": None, "climbq_w4": 4, "climbq_w2": 2, "climbq+_w4": 4, "climbq+_w2": 2}
 CLASS_COUNTS = [5000, 3237, 2096, 1357, 878, 568, 368, 238, 154, 100]  # CIFAR-10-LT, rho 50
 
@@ -69,31 +66,22 @@ def _long_tailed_labels(batch_size: int) -> Tensor:
     return torch.multinomial(weights, batch_size, replacement=True, generator=generator)
 
 
-def measure(batch_size: int, repeats: int, steps: int, bf16: bool) -> dict[str, float]:
+def measure(batch_size: int, repeats: int, steps: int, bf16: bool, clock: Callable[[], float]) -> dict[str, float]:
     """Median seconds per training step of every variant."""
     images = torch.randn(batch_size, 3, 32, 32)
     if bf16:
         images = images.contiguous(memory_format=torch.channels_last)
     labels = _long_tailed_labels(batch_size)
     runs = {variant: make_step(variant, bf16) for variant in VARIANTS}
-    return median_step_seconds(runs, images, labels, repeats, steps)
+    return median_step_seconds(runs, images, labels, repeats, steps, clock)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=5, help="timed rounds (the median is reported)")
-    parser.add_argument("--steps", type=int, default=3, help="training steps per timed round")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--modes", default="bf16", help="comma list of bf16 (autocast + channels_last), fp32")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    print(f"# {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}")
-    print(f"# ResNet-20, batch {args.batch_size}, median of {args.repeats} rounds x {args.steps} steps")
+    args = parse_step_args(__doc__.splitlines()[0], default_modes="bf16")
     print("| mode | variant | step (ms) | images/s | throughput vs plain |")
     print("|---|---|---|---|---|")
     for mode in args.modes.split(","):
-        seconds = measure(args.batch_size, args.repeats, args.steps, bf16=mode == "bf16")
+        seconds = measure(args.batch_size, args.repeats, args.steps, bf16=mode == "bf16", clock=args.clock_fn)
         for variant, value in seconds.items():
             ratio = seconds["plain"] / value
             print(f"| {mode} | {variant} | {1000 * value:.0f} | {args.batch_size / value:.0f} | {ratio:.2f} |")

@@ -21,7 +21,6 @@ import contextlib
 import io
 import os
 import pickle
-import platform
 import statistics
 import tempfile
 import time
@@ -37,6 +36,7 @@ from torchvision import transforms
 
 from imbcompress.data import ImbalancedDataModule
 from imbcompress.data.sources import CIFAR10_CLASSES, load_image_folder
+from imbcompress.host import cpu_model
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
@@ -147,7 +147,7 @@ def main() -> None:
             rate = bench_torchvision_pipeline(Path(tmp), args.batches, args.repeats, workers)
             rows.append((f"torchvision transforms + DataLoader, {workers} workers", rate))
 
-    cpu = platform.processor() or platform.machine()
+    cpu = cpu_model()
     print(
         f"# {args.images} random 3x32x32 uint8 images, batch 128, crop+flip+normalise; CPU, "
         f"{torch.get_num_threads()} torch threads, {os.cpu_count()} cores ({cpu}); "

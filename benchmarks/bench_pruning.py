@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from torch import nn
 
 from imbcompress.compress.pruning import plan_kept_filters, prune_filters
 from imbcompress.compress.size import model_size
+from imbcompress.host import cpu_model
 from imbcompress.models import build_model
 
 MODELS = (("resnet20", "A"), ("resnet56", "B"))
@@ -71,7 +71,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"# {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"# {cpu_model()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(f"# batch {args.batch_size}, median of {args.repeats} interleaved repeats; CL = channels-last\n")
     header = " | ".join(f"{mode} img/s | vs unpruned" for mode in MODES)
     print(f"| model | level | NNZ | sparsity | weight MiB | {header} |")

@@ -9,22 +9,18 @@ same process, so a change in machine load hits all of them alike; each figure is
 
 from __future__ import annotations
 
-import argparse
-import platform
-import time
 from collections.abc import Callable
 from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
-from timing import median_step_seconds
+from timing import Step, median_step_seconds, parse_step_args
 from torch import Tensor, nn
 
 from imbcompress.compress.distillation import DistillationTerm
 from imbcompress.compress.dorefa import apply_dorefa, dorefa_record
 from imbcompress.models import build_model
 
-Step = Callable[[Tensor, Tensor], None]
 VARIANTS = ("plain", "qat_a8w4", "qat_a3w3", "qat_a2w2", "distill")
 BITS = {"qat_a8w4": (4, 8), "qat_a3w3": (3, 3), "qat_a2w2": (2, 2)}
 
@@ -78,39 +74,12 @@ def measure(batch_size: int, repeats: int, steps: int, bf16: bool, clock: Callab
     return median_step_seconds(runs, images, labels, repeats, steps, clock)
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=5, help="timed rounds (the median is reported)")
-    parser.add_argument("--steps", type=int, default=3, help="training steps per timed round")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--modes", default="bf16,fp32", help="comma list of bf16 (autocast + channels_last), fp32")
-    parser.add_argument(
-        "--clock",
-        choices=("wall", "cpu"),
-        default="wall",
-        help="wall: elapsed time; cpu: this process's CPU time (steadier on a shared machine, use with --threads 1)",
-    )
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    clock = time.perf_counter if args.clock == "wall" else time.process_time
-    print(f"# {_cpu_name()}, {args.threads} threads, {args.clock} clock, torch {torch.__version__}")
-    print(f"# ResNet-20, batch {args.batch_size}, median of {args.repeats} rounds x {args.steps} steps")
+    args = parse_step_args(__doc__.splitlines()[0], default_modes="bf16,fp32")
     print("| mode | variant | step (ms) | images/s | time vs plain |")
     print("|---|---|---|---|---|")
     for mode in args.modes.split(","):
-        seconds = measure(args.batch_size, args.repeats, args.steps, bf16=mode == "bf16", clock=clock)
+        seconds = measure(args.batch_size, args.repeats, args.steps, bf16=mode == "bf16", clock=args.clock_fn)
         for variant, value in seconds.items():
             ratio = value / seconds["plain"]
             print(f"| {mode} | {variant} | {1000 * value:.0f} | {args.batch_size / value:.0f} | {ratio:.2f}x |")

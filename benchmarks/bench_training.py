@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import pickle
-import platform
 import statistics
 import tempfile
 import time
@@ -24,6 +23,7 @@ from lightning.pytorch import Callback, Trainer
 
 from imbcompress.data import ImbalancedDataModule
 from imbcompress.data.augment import normalize, random_crop_flip
+from imbcompress.host import cpu_model
 from imbcompress.models import build_model
 from imbcompress.task import ImbalanceClassifier
 
@@ -178,7 +178,7 @@ def main() -> None:
         write_fake_cifar10(root, args.train_images)
         source = ImbalancedDataModule(dataset="cifar10", root=str(root))
         images, labels = source.train_tensors
-        machine = platform.processor() or platform.machine()
+        machine = cpu_model()
         print(f"machine: {machine}, {torch.get_num_threads()} threads, torch {torch.__version__}")
         data_rate = statistics.median(time_data_path(root, 100) for _ in range(args.repeats))
         print(f"data path alone: {data_rate:.0f} batches/s (batch 128)")
