@@ -1,8 +1,7 @@
-"""The ``imbcompress`` command: a LightningCLI (fit / validate / test / predict) plus ``imbcompress study``."""
+"""The LightningCLI behind ``imbcompress fit / validate / test / predict`` (the command itself: ``__main__.py``)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ from imbcompress.data import ImbalancedDataModule
 from imbcompress.task import ImbalanceClassifier
 
 TRAINER_DEFAULTS: dict[str, Any] = {
-    # bf16 autocast + channels-last is the fast path on AMX CPUs and recent GPUs (docs/performance.md).
+    # bf16 autocast + channels-last is the fast path on CPUs with AVX-512 BF16 / AMX and on recent GPUs.
     "precision": "bf16-mixed",
 }
 
@@ -81,18 +80,3 @@ def run_cli(args: list[str] | None = None, run: bool = True) -> ImbCompressCLI:
         args=args,
         run=run,
     )
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Console entry point: ``imbcompress study ...`` goes to the study runner, all else to LightningCLI."""
-    words = list(sys.argv[1:] if argv is None else argv)
-    if words and words[0] == "study":
-        from imbcompress.study.cli import main as study_main
-
-        return study_main(words[1:])
-    run_cli(argv)  # None: LightningCLI reads sys.argv itself
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

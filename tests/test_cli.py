@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,8 @@ import yaml
 from cli_helpers import CONFIGS, QUIET, fake_data_args, fit, make_learnable_cifar
 from fakedata import make_fake_cifar, make_fake_image_folder
 
-from imbcompress.cli import main, run_cli
+from imbcompress.__main__ import main
+from imbcompress.cli import run_cli
 
 BASE = [f"--config={CONFIGS / 'trainer/cpu.yaml'}", f"--config={CONFIGS / 'model/resnet20.yaml'}"]
 METRICS_KEYS = {
@@ -246,3 +249,13 @@ def test_study_subcommand_dispatch(capsys: pytest.CaptureFixture[str]) -> None:
         main(["study", "--help"])
     assert exit_info.value.code == 0
     assert "run" in capsys.readouterr().out
+
+
+def test_study_commands_do_not_import_torch() -> None:
+    code = (
+        "import sys\nfrom imbcompress.__main__ import main\n"
+        "try:\n    main(['study', '--help'])\nexcept SystemExit:\n    pass\n"
+        "print('torch' in sys.modules, 'lightning' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[-1] == "False False"
