@@ -52,10 +52,22 @@ def activation_bits_of(records: list[dict[str, Any]]) -> int | None:
     return min(bits) if bits else None
 
 
-def build_metrics(trainer: pl.Trainer, task: Any, results: dict[str, Any]) -> dict[str, Any]:
-    """The metrics.json document (schema in docs/architecture.md)."""
+def compressed_model_size(trainer: pl.Trainer, model: Any) -> dict[str, int | float]:
+    """``model_size`` of the model being trained, read against the trainer's compression callbacks.
+
+    The activation bit width comes from a quantization record, and sparsity is taken relative to the NNZ before
+    pruning when a pruning record gives it (pruning removes filters, so the pruned model's own dense count would
+    give 0).
+    """
     from imbcompress.compress.size import model_size
 
+    records = compression_records(trainer)
+    before = [r["nnz_before"] for r in records if isinstance(r.get("nnz_before"), int)]
+    return model_size(model, activation_bits=activation_bits_of(records), reference_nnz=before[0] if before else None)
+
+
+def build_metrics(trainer: pl.Trainer, task: Any, results: dict[str, Any]) -> dict[str, Any]:
+    """The metrics.json document (schema in docs/architecture.md)."""
     describe = getattr(getattr(trainer, "datamodule", None), "describe", None)
     data = describe() if callable(describe) else {}
     records = compression_records(trainer)
@@ -74,7 +86,7 @@ def build_metrics(trainer: pl.Trainer, task: Any, results: dict[str, Any]) -> di
         "train_class_counts": data.get("train_class_counts"),
         "test_class_counts": data.get("test_class_counts"),
         "test": results,
-        "model_size": model_size(task.model, activation_bits=activation_bits_of(records)),
+        "model_size": compressed_model_size(trainer, task.model),
         "seed": int(seed) if seed is not None else None,
         "data": data,
         "ckpt_path": str(trainer.ckpt_path) if trainer.ckpt_path is not None else None,

@@ -17,11 +17,10 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from imbcompress.checkpoint import load_checkpoint_file, model_state_from_checkpoint
-from imbcompress.compress.size import model_size
 from imbcompress.compress.transforms import apply_transform
 from imbcompress.metrics import summarize_confusion
 from imbcompress.models.registry import ModelName, build_model
-from imbcompress.reporting import activation_bits_of, compression_records, report_test_results
+from imbcompress.reporting import compressed_model_size, report_test_results
 
 TRANSFORMS_KEY = "imbcompress_transforms"
 
@@ -178,7 +177,7 @@ class ImbalanceClassifier(LightningModule):
 
     def on_fit_start(self) -> None:
         # After every callback's setup: the size of the model that is actually trained (pruned, quantized, ...).
-        size = model_size(self.model, activation_bits=activation_bits_of(compression_records(self.trainer)))
+        size = compressed_model_size(self.trainer, self.model)
         rank_zero_info(
             f"model size: {size['total_params']:,} parameters, NNZ {size['nnz']:,}, "
             f"weights {size['weight_storage_mib']:.3f} MiB ({size['weight_storage_mibit']:.2f} Mib)"

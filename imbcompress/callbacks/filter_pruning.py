@@ -103,9 +103,6 @@ class FilterPruning(Callback):
             f"FilterPruning({self._describe()}): NNZ {record['nnz_before']} -> {record['nnz_after']} "
             f"(sparsity {record['sparsity']:.4f}), kept filters {record['kept_filters']}"
         )
-        metrics = {"model_size/nnz": float(record["nnz_after"]), "model_size/sparsity": float(record["sparsity"])}
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=0)
 
     def compression_record(self) -> dict[str, Any]:
         """Settings, per-layer kept filter counts and NNZ before/after, for ``metrics.json["compression"]``."""
