@@ -128,9 +128,7 @@ def expand(study: Study, out_dir: str | Path) -> Plan:
         for variant in study.variants
         for seed in study.seeds
     ]
-    methods = {
-        name: {"bits": m.bits, "label": m.label or name, "deps": m.dependencies()} for name, m in study.methods.items()
-    }
+    methods = {name: {"bits": m.bits, "label": m.label or name} for name, m in study.methods.items()}
     return Plan(
         name=study.name,
         study_path=study.path,

@@ -34,12 +34,24 @@ TERMINATE_GRACE_SECONDS = 10.0
 
 
 def detect_gpus() -> list[int]:
-    """Indices of the visible CUDA devices (none without ``nvidia-smi``, so CPU machines never import torch)."""
+    """The CUDA devices this study may use, as the ids ``CUDA_VISIBLE_DEVICES`` takes (never imports torch).
+
+    An existing ``CUDA_VISIBLE_DEVICES`` (e.g. ``2,3`` from a scheduler) is kept: its ids are handed out, not
+    renumbered. Otherwise every GPU that ``nvidia-smi -L`` lists; none without ``nvidia-smi``.
+    """
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        ids = [part.strip() for part in visible.split(",") if part.strip()]
+        if not all(part.isdigit() for part in ids):
+            raise ValueError(
+                f"CUDA_VISIBLE_DEVICES: invalid value {visible!r} for the study runner (allowed: comma-separated "
+                "integer device ids; pass --jobs 1 or unset it)"
+            )
+        return [int(part) for part in ids]
     if shutil.which("nvidia-smi") is None:
         return []
-    import torch
-
-    return list(range(torch.cuda.device_count()))
+    listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=False).stdout
+    return list(range(sum(1 for line in listing.splitlines() if line.startswith("GPU "))))
 
 
 def slot_envs(jobs: int, gpus: list[int], cpus: int | None = None) -> list[dict[str, str]]:
@@ -117,18 +129,20 @@ def launch(run: Run, command_prefix: list[str], env: dict[str, str] | None = Non
     return proc
 
 
-def finalize(run: Run, returncode: int, started: float) -> str:
-    """Record how a finished subprocess ended; returns ``done`` or ``failed``."""
+def _end_attempt(run: Run, started: float, **fields: object) -> None:
+    """Record the end of an attempt: ``fields`` plus its duration, added to the run's ``total_s``."""
     duration = round(time.monotonic() - started, 1)
     total = round(float(read_status(run.dir).get("total_s") or 0.0) + duration, 1)
+    update_status(run.dir, ended=now(), duration_s=duration, total_s=total, **fields)
+
+
+def finalize(run: Run, returncode: int, started: float) -> str:
+    """Record how a finished subprocess ended; returns ``done`` or ``failed``."""
     if returncode == 0 and is_done(run.dir):
-        update_status(run.dir, state="done", returncode=0, ended=now(), duration_s=duration, total_s=total)
+        _end_attempt(run, started, state="done", returncode=0)
         return "done"
     error = f"exit code {returncode}" if returncode != 0 else "exit code 0 but metrics.json is missing or incomplete"
-    update_status(
-        run.dir, state="failed", returncode=returncode, error=error, log_tail=log_tail(run.dir), ended=now(),
-        duration_s=duration, total_s=total,
-    )  # fmt: skip
+    _end_attempt(run, started, state="failed", returncode=returncode, error=error, log_tail=log_tail(run.dir))
     return "failed"
 
 
@@ -227,12 +241,7 @@ class LocalScheduler:
             except subprocess.TimeoutExpired:
                 item.proc.kill()
                 item.proc.wait()
-            duration = round(time.monotonic() - item.started, 1)
-            total = round(float(read_status(item.run.dir).get("total_s") or 0.0) + duration, 1)
-            update_status(
-                item.run.dir, state="interrupted", returncode=item.proc.returncode, ended=now(), duration_s=duration,
-                total_s=total,
-            )  # fmt: skip
+            _end_attempt(item.run, item.started, state="interrupted", returncode=item.proc.returncode)
         self.active.clear()
 
     def run(self) -> dict[str, str]:

@@ -40,7 +40,7 @@ class Variant:
         minority = "null" if self.minority_classes is None else str(self.minority_classes)
         return [
             f"--data.init_args.profile={self.profile}",
-            f"--data.init_args.imbalance_ratio={_fmt_num(self.ratio)}",
+            f"--data.init_args.imbalance_ratio={fmt_num(self.ratio)}",
             f"--data.init_args.minority_classes={minority}",
             f"--data.init_args.head={self.head}",
         ]
@@ -80,7 +80,8 @@ class Study:
     description: str = ""
 
 
-def _fmt_num(value: float) -> str:
+def fmt_num(value: float) -> str:
+    """A ratio as written in run ids, command lines and tables: ``100`` not ``100.0``."""
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
@@ -144,7 +145,7 @@ def _numbers(path: str, key: str, value: Any, minimum: float, integer: bool) -> 
 
 
 def _variant_key(profile: str, ratio: float, minority: int | None, head: str) -> str:
-    key = profile if profile == "balanced" else f"{profile}-r{_fmt_num(ratio)}"
+    key = profile if profile == "balanced" else f"{profile}-r{fmt_num(ratio)}"
     if minority is not None:
         key += f"-m{minority}"
     return key if head == "first" else f"{key}-head{head}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+from collections import deque
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
@@ -72,7 +73,7 @@ def log_tail(run_dir: str | Path, lines: int = LOG_TAIL_LINES) -> str:
     """Last lines of the run's log, for the failure record."""
     try:
         with open(Path(run_dir) / LOG_FILE, errors="replace") as handle:
-            return "".join(handle.readlines()[-lines:])
+            return "".join(deque(handle, maxlen=lines))
     except OSError:
         return ""
 

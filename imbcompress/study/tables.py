@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imbcompress.study.aggregate import BALANCED, mean_std, metric_by_seed
+from imbcompress.study.spec import fmt_num
 
 PROFILE_ORDER = ("step", "exponential", "linear")
 
@@ -49,11 +50,6 @@ def fmt(mean: float, std: float = math.nan, scale: float = 100.0, digits: int = 
         return "–"
     text = f"{mean * scale:.{digits}f}"
     return text if math.isnan(std) else f"{text}±{std * scale:.{digits}f}"
-
-
-def fmt_num(value: float) -> str:
-    """A ratio as written in the tables: ``100`` not ``100.0``."""
-    return str(int(value)) if float(value).is_integer() else str(value)
 
 
 def variant_groups(variants: list[dict]) -> dict[tuple[str, str], list[dict]]:

@@ -13,7 +13,7 @@ import pytest
 
 from imbcompress.study.cli import main
 from imbcompress.study.plan import expand, load_plan
-from imbcompress.study.runner import launch, lost_attempt_seconds, run_plan, slot_envs
+from imbcompress.study.runner import detect_gpus, launch, lost_attempt_seconds, run_plan, slot_envs
 from imbcompress.study.spec import load_study
 from imbcompress.study.state import StudyLock, plan_states, read_status, update_status
 
@@ -49,6 +49,24 @@ def test_all_runs_finish_in_dependency_order_with_thread_shares(tmp_path, fake_e
     kd = plan.by_id()["exponential-r100/kd/seed0"]
     assert "teacher_checkpoint" in (Path(kd.dir) / "study_fragment.yaml").read_text()
     assert read_status(kd.dir)["state"] == "done" and "attempt 1" in (Path(kd.dir) / "run.log").read_text()
+
+
+def test_detect_gpus_keeps_a_scheduler_device_list_and_never_imports_torch(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert detect_gpus() == [2, 3]  # physical ids, handed out as they are, not renumbered to 0, 1
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert detect_gpus() == []
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-1a2b")
+    with pytest.raises(ValueError, match="CUDA_VISIBLE_DEVICES"):
+        detect_gpus()
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\necho 'GPU 0: A (UUID: GPU-a)'\necho 'GPU 1: B (UUID: GPU-b)'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert detect_gpus() == [0, 1]
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert detect_gpus() == []
 
 
 def test_slot_envs_share_threads_or_gpus():
