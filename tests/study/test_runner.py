@@ -38,6 +38,22 @@ def snapshot(plan) -> dict[str, tuple[bytes, int]]:
     return result
 
 
+def start_hanging_study(tmp_path, fake_prefix, hang: str) -> tuple[Path, Path, subprocess.Popen]:
+    """`study run` as its own process group, returned once the fake fit of run ``hang`` (seed 0) hangs."""
+    path = write_study(tmp_path)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "imbcompress.study.cli", "run", str(path), "--out", str(out)]
+    cmd += ["--command", " ".join(fake_prefix)]
+    env = {**os.environ, "FAKE_FIT_HANG": f"runs/{hang}", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL)
+    marker = out / "runs" / hang / "seed0" / "hanging"
+    deadline = time.monotonic() + 60
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert marker.exists(), "the hanging run never started"
+    return path, out, proc
+
+
 def test_all_runs_finish_in_dependency_order_with_thread_shares(tmp_path, fake_env, fake_prefix):
     plan = make_plan(tmp_path)
     states = run_plan(plan, fake_prefix, jobs=2, gpus=[], echo=lambda _: None)
@@ -114,17 +130,7 @@ def test_killed_run_resumes_and_finished_runs_are_kept(tmp_path, fake_env, fake_
 
 
 def test_killed_study_continues_with_the_same_command(tmp_path, fake_env, fake_prefix):
-    path = write_study(tmp_path)
-    out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "imbcompress.study.cli", "run", str(path), "--out", str(out)]
-    cmd += ["--command", " ".join(fake_prefix)]
-    env = {**os.environ, "FAKE_FIT_HANG": "runs/exponential-r100/fp32", "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL)
-    marker = out / "runs" / "exponential-r100" / "fp32" / "seed0" / "hanging"
-    deadline = time.monotonic() + 60
-    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert marker.exists(), "the hanging run never started"
+    path, out, proc = start_hanging_study(tmp_path, fake_prefix, "exponential-r100/fp32")
     plan = load_plan(out)
     assert plan_states(plan)["exponential-r100/fp32/seed0"] == "running"
     os.killpg(proc.pid, signal.SIGKILL)
@@ -182,17 +188,7 @@ def test_missing_command_fails_runs_without_stopping_the_study(tmp_path, fake_en
 
 
 def test_sigterm_stops_the_study_and_its_runs(tmp_path, fake_env, fake_prefix):
-    path = write_study(tmp_path)
-    out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "imbcompress.study.cli", "run", str(path), "--out", str(out)]
-    cmd += ["--command", " ".join(fake_prefix)]
-    env = {**os.environ, "FAKE_FIT_HANG": "runs/balanced/fp32", "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL)
-    marker = out / "runs" / "balanced" / "fp32" / "seed0" / "hanging"
-    deadline = time.monotonic() + 60
-    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert marker.exists(), "the hanging run never started"
+    path, out, proc = start_hanging_study(tmp_path, fake_prefix, "balanced/fp32")
     time.sleep(0.5)  # the attempt has now lasted at least 0.5 s
     proc.send_signal(signal.SIGTERM)  # only the study process: it must stop its child itself
     assert proc.wait(timeout=30) == 143
