@@ -9,6 +9,7 @@ import torch
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from imbcompress.checkpoint import secure_subcommand_config
 from imbcompress.data import ImbalancedDataModule
 from imbcompress.task import ImbalanceClassifier
 
@@ -36,6 +37,11 @@ class ImbCompressCLI(LightningCLI):
             default=True,
             help="After fit, test the final model on the test set and write metrics.json.",
         )
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        if self.config.get("subcommand"):  # --ckpt_path: exists and loads with weights_only=True, before any work
+            secure_subcommand_config(self.config[self.config["subcommand"]])
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config

@@ -16,7 +16,12 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from imbcompress.checkpoint import load_checkpoint_file, model_state_from_checkpoint
+from imbcompress.checkpoint import (
+    check_checkpoint_arch,
+    load_checkpoint_file,
+    load_state_checked,
+    model_state_from_checkpoint,
+)
 from imbcompress.compress.transforms import apply_transform
 from imbcompress.metrics import summarize_confusion
 from imbcompress.models.registry import ModelName, build_model
@@ -140,6 +145,7 @@ class ImbalanceClassifier(LightningModule):
     def load_weights(self, path: str) -> None:
         """Initialise the model from a checkpoint file, replaying its structural compression first."""
         checkpoint = load_checkpoint_file(path, setting="model.init_from")
+        check_checkpoint_arch(checkpoint, self.hparams["model"], path, setting="model.init_from")
         for record in checkpoint.get(TRANSFORMS_KEY, []):
             if record not in self.transforms:
                 self.apply_transform(record)
@@ -149,7 +155,7 @@ class ImbalanceClassifier(LightningModule):
             raise ValueError(
                 f"model.init_from={path!r} has {head.shape[0]} classes but the data module has {self.num_classes}"
             )
-        self.model.load_state_dict(state)
+        load_state_checked(self.model, state, path, "model.init_from", self.hparams["model"])
 
     # ----------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import nn
 from typing_extensions import override
 
+from imbcompress.checkpoint import module_from_checkpoint
 from imbcompress.compress.distillation import DistillationTerm, check_distillation_settings
 
 if TYPE_CHECKING:
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
 
 TERM_NAME = "distill"
 METHOD = "knowledge_distillation"
+SETTING = "KnowledgeDistillation.teacher_checkpoint"
 
 
 class KnowledgeDistillation(Callback):
@@ -71,7 +73,7 @@ class KnowledgeDistillation(Callback):
     def _load_teacher(self, student: ImbalanceClassifier) -> nn.Module:
         from imbcompress.task import ImbalanceClassifier
 
-        teacher_task = ImbalanceClassifier.load_from_checkpoint(self.teacher_checkpoint, map_location="cpu")
+        teacher_task = module_from_checkpoint(ImbalanceClassifier, self.teacher_checkpoint, SETTING)
         if teacher_task.num_classes != student.num_classes:
             raise ValueError(
                 f"KnowledgeDistillation.teacher_checkpoint={self.teacher_checkpoint!r} has {teacher_task.num_classes} "
