@@ -22,6 +22,7 @@ from PIL import Image
 from torch import Tensor
 
 from imbcompress.atomic import atomic_write
+from imbcompress.errors import SettingsError
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # CIFAR-100 fine labels in label order (the official meta file lists them alphabetically).
@@ -228,8 +229,15 @@ def _fingerprint(*splits: _SplitFiles) -> str:
 
 
 def _decode(path: str) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as err:  # PIL: unidentified format, "image file is truncated", ...
+        # Refused, not skipped: dropping a file would silently change the class counts the study reports.
+        raise SettingsError(
+            f"data.root: image file {path} cannot be decoded ({err}); it is corrupt or truncated. Replace or delete "
+            "it, then run again"
+        ) from err
 
 
 def _decode_all(paths: list[str]) -> Tensor:

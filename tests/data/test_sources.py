@@ -12,6 +12,7 @@ from PIL import Image
 
 from imbcompress.data import sources
 from imbcompress.data.sources import CIFAR10_CLASSES, CIFAR100_CLASSES, dataset_info, load_cifar, load_image_folder
+from imbcompress.errors import SettingsError
 
 
 def _first_pixel_is_label(images: torch.Tensor, labels: torch.Tensor) -> bool:
@@ -140,3 +141,16 @@ def test_dataset_info_needs_no_decoding(tmp_path: Path, monkeypatch: pytest.Monk
     cifar = dataset_info("cifar10", tmp_path / "c")
     assert (cifar.num_classes, cifar.class_names, cifar.train_class_sizes) == (10, list(CIFAR10_CLASSES), [5000] * 10)
     assert dataset_info("cifar100", tmp_path / "absent", download=True).train_class_sizes == [500] * 100
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not_an_image"])
+def test_a_corrupt_image_is_refused_naming_the_file(tmp_path: Path, damage: str) -> None:
+    root = make_fake_image_folder(tmp_path / "folder", num_classes=2, train_per_class=3, test_per_class=1)
+    bad = root / "train/class_01/0001.jpg"
+    Image.fromarray(np.full((32, 32, 3), 128, dtype=np.uint8)).save(bad, quality=90)
+    data = bad.read_bytes()
+    bad.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"not a jpeg at all" * 20)
+    with pytest.raises(SettingsError, match=r"data.root: image file .*class_01/0001.jpg cannot be decoded") as err:
+        load_image_folder(root)
+    assert "corrupt or truncated" in str(err.value)
+    assert not (root / sources.CACHE_DIRNAME).exists()  # nothing cached from a refused folder
