@@ -10,6 +10,27 @@ from pathlib import Path
 from typing import IO, Any
 
 
+def _umask_at_import() -> int:
+    mask = os.umask(0o022)  # the only way to read it portably is to set it: done once, at import
+    os.umask(mask)
+    return mask
+
+
+_IMPORT_UMASK = _umask_at_import()
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it (Linux ``/proc``), else the umask at import time."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return _IMPORT_UMASK
+
+
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> None:
     """Call ``write`` on a temporary file beside ``path``, then rename it onto ``path`` (removed on any failure)."""
     path = Path(path)
@@ -20,7 +41,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results and caches are as readable as any other file
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp creates 0600; give what open() would under the umask
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
