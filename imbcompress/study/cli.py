@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from imbcompress.study.plan import Plan, expand, load_plan, save_plan
+from imbcompress.study.changes import Changes, describe_changes, find_changes, set_aside
+from imbcompress.study.plan import PLAN_FILE, Plan, expand, load_plan, save_plan
 from imbcompress.study.runner import DEFAULT_COMMAND, execute_run, run_plan
 from imbcompress.study.slurm import SlurmParams, describe, submit, write_dry_run
 from imbcompress.study.spec import load_study
@@ -33,6 +34,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--executor", choices=["local", "slurm"], default="local")
     run.add_argument("--dry-run", action="store_true", help="print the runs (local) or write sbatch previews (slurm)")
     run.add_argument("--command", help=f"command that runs one fit (default: {shlex.join(DEFAULT_COMMAND)})")
+    run.add_argument(
+        "--rerun-changed",
+        action="store_true",
+        help="when the study file changed runs that already ran: run those and their dependants again, moving "
+        "their old directories to OUT/replaced/<n>/",
+    )
     run.add_argument("--slurm-partition", default=None)
     run.add_argument("--slurm-time-min", type=int, default=24 * 60)
     run.add_argument("--slurm-cpus", type=int, default=4, help="CPU cores per run")
@@ -54,15 +61,31 @@ def _prefix(command: str | None) -> list[str]:
     return shlex.split(command) if command else list(DEFAULT_COMMAND)
 
 
-def _prepare_out(plan: Plan, argv: list[str]) -> None:
+def _check_changes(plan: Plan, rerun_changed: bool) -> tuple[Plan | None, Changes]:
+    """The previous plan of ``--out`` and what the new one changes; refuses a changed run unless asked to redo it."""
     out = Path(plan.out_dir)
-    if (out / "plan.json").is_file():
-        previous = load_plan(out).name
-        if previous != plan.name:
-            raise ValueError(f"--out {out}: holds study {previous!r}, not {plan.name!r}; choose another directory")
+    if not (out / PLAN_FILE).is_file():
+        return None, Changes()
+    previous = load_plan(out)
+    if previous.name != plan.name:
+        raise ValueError(f"--out {out}: holds study {previous.name!r}, not {plan.name!r}; choose another directory")
+    changes = find_changes(previous, plan)
+    if changes.changed and not rerun_changed:
+        raise ValueError(describe_changes(changes, out))
+    return previous, changes
+
+
+def _prepare_out(plan: Plan, args: argparse.Namespace) -> None:
+    out = Path(plan.out_dir)
+    previous, changes = _check_changes(plan, args.rerun_changed)
+    if previous is not None and changes.changed:
+        target = set_aside(previous, changes.affected())
+        print(f"--rerun-changed: moved {len(changes.affected())} run(s) and the previous plan to {target}")
+    if changes.dropped:
+        print(f"note: {len(changes.dropped)} run(s) of the previous plan are no longer in the study (kept on disk)")
     out.mkdir(parents=True, exist_ok=True)
     with open(out / INVOCATIONS_FILE, "a") as handle:
-        handle.write(f"{now()}  cwd={Path.cwd()}  imbcompress study {shlex.join(argv)}\n")
+        handle.write(f"{now()}  cwd={Path.cwd()}  imbcompress study {shlex.join(args.argv)}\n")
     save_plan(plan)
     if Path(plan.study_path).is_file():
         shutil.copyfile(plan.study_path, out / "study.yaml")
@@ -84,13 +107,14 @@ def _sigterm_exits() -> Iterator[None]:
 def _run_local(plan: Plan, args: argparse.Namespace) -> int:
     prefix = _prefix(args.command)
     if args.dry_run:
+        _check_changes(plan, args.rerun_changed)
         for run in plan.runs:
             after = f"  # after {', '.join(run.deps)}" if run.deps else ""
             print(f"{run.id}:{after}\n  {shlex.join(run.command(prefix))}")
         print(f"{len(plan.runs)} run(s); nothing was started (--dry-run)")
         return 0
     with StudyLock(plan.out_dir), _sigterm_exits():  # lock first, so a refused second run changes nothing
-        _prepare_out(plan, args.argv)
+        _prepare_out(plan, args)
         states = run_plan(plan, prefix, jobs=args.jobs, lock=False)
     counts = Counter(states.values())
     print("study finished: " + ", ".join(f"{state} {counts[state]}" for state in STATES if counts[state]))
@@ -102,7 +126,7 @@ def _run_slurm(plan: Plan, args: argparse.Namespace) -> int:
         partition=args.slurm_partition, time_min=args.slurm_time_min, cpus_per_run=args.slurm_cpus,
         gpus_per_run=args.slurm_gpus, mem_gb=args.slurm_mem_gb,
     )  # fmt: skip
-    _prepare_out(plan, args.argv)
+    _prepare_out(plan, args)
     prefix = shlex.split(args.command) if args.command else None
     if args.dry_run:
         print(describe(write_dry_run(plan, params, prefix)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ class Run:
     seed: int
     deps: list[str] = field(default_factory=list)
     configs: list[str] = field(default_factory=list)
+    config_sha256: dict[str, str] = field(default_factory=dict)
     callbacks: list[dict] = field(default_factory=list)
     args: list[str] = field(default_factory=list)
 
@@ -64,6 +66,11 @@ def run_id(variant: Variant | dict, method: str, seed: int) -> str:
     return f"{key}/{method}/seed{seed}"
 
 
+def file_digests(paths: list[str]) -> dict[str, str]:
+    """SHA-256 of each existing config file, so a plan notices when a fragment's content changed."""
+    return {path: hashlib.sha256(Path(path).read_bytes()).hexdigest() for path in paths if Path(path).is_file()}
+
+
 def _distill_callback(teacher_dir: Path, distill: dict) -> dict:
     init_args = {"teacher_checkpoint": str(teacher_dir / LAST_CKPT), **distill}
     return {"class_path": KD_CLASS_PATH, "init_args": init_args}
@@ -90,6 +97,7 @@ def _make_run(study: Study, out_dir: Path, variant: Variant, method: Method, see
         seed=seed,
         deps=[run_id(variant, dep, seed) for dep in method.dependencies()],
         configs=[*study.base, *method.fragments],
+        config_sha256=file_digests([*study.base, *method.fragments]),
         callbacks=callbacks,
         args=args,
     )
