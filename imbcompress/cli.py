@@ -11,6 +11,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from imbcompress.data import ImbalancedDataModule
 from imbcompress.task import ImbalanceClassifier
+from imbcompress.yamlio import use_for_config_files
 
 TRAINER_DEFAULTS: dict[str, Any] = {
     # bf16 autocast + channels-last is the fast path on CPUs with AVX-512 BF16 / AMX and on recent GPUs.
@@ -68,6 +69,7 @@ class ImbCompressCLI(LightningCLI):
 
 def run_cli(args: list[str] | None = None, run: bool = True) -> ImbCompressCLI:
     """Build (and by default run) the LightningCLI; ``args`` as on the command line (tests pass them directly)."""
+    use_for_config_files()  # a key given twice in a config file is an error, not "the last one wins"
     return ImbCompressCLI(
         ImbalanceClassifier,
         ImbalancedDataModule,

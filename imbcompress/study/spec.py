@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from imbcompress.yamlio import DuplicateKeyError, load_yaml_file
+
 TOP_KEYS = ("name", "description", "base", "args", "imbalance", "methods", "reference", "seeds")
 VARIANT_KEYS = ("profile", "ratio", "minority_classes", "head")
 METHOD_KEYS = ("fragments", "callbacks", "init_from", "teacher", "distill", "args", "bits", "label")
@@ -298,6 +300,10 @@ def load_study(path: str | Path, check_files: bool = True) -> Study:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"study file {path}: not found")
-    with open(path) as handle:
-        data = yaml.safe_load(handle)
+    try:
+        data = load_yaml_file(path)
+    except DuplicateKeyError as error:  # the message names the file, the key and the line
+        raise ValueError(f"study file {error}") from None
+    except yaml.YAMLError as error:
+        raise ValueError(f"study file {path}: not valid YAML: {error}") from None
     return parse_study(data, str(path), check_files)
