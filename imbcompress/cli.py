@@ -10,6 +10,7 @@ from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from imbcompress.data import ImbalancedDataModule
+from imbcompress.locks import hold_run_dir_lock
 from imbcompress.task import ImbalanceClassifier
 from imbcompress.yamlio import use_for_config_files
 
@@ -41,6 +42,8 @@ class ImbCompressCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         run_dir = config.get("run_dir")
+        if run_dir and self.subcommand == "fit":
+            hold_run_dir_lock(run_dir)  # before anything is written: one fit per run directory
         if run_dir:
             config.trainer.default_root_dir = run_dir
             config.trainer.logger = Namespace(

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -15,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from imbcompress.atomic import atomic_write
+from imbcompress.locks import LockHeld, wait_for_run_dir
 from imbcompress.study.plan import GENERATED_FRAGMENT, Plan, Run, save_plan
 from imbcompress.study.spec import LAST_CKPT
 from imbcompress.study.state import (
@@ -31,6 +35,8 @@ from imbcompress.study.state import (
 DEFAULT_COMMAND = [sys.executable, "-m", "imbcompress"]
 POLL_SECONDS = 0.2
 TERMINATE_GRACE_SECONDS = 10.0
+LOCK_WAIT_SECONDS = 30.0  # a fit left by a killed study gets this long to end before its run is given up
+PR_SET_PDEATHSIG = 1
 
 
 def detect_gpus() -> list[int]:
@@ -104,14 +110,53 @@ def lost_attempt_seconds(run_dir: str | Path, status: dict) -> float:
     return max(0.0, round(last - datetime.fromisoformat(status["started"]).timestamp(), 1))
 
 
+def _die_with_parent(prctl: Callable[[int, int], int] | None, parent: int) -> None:
+    """In the child before exec: its own process group (set by Popen) and SIGTERM when the study process dies."""
+    if prctl is not None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the study died before the death signal was armed
+        os._exit(1)
+
+
+def _prctl() -> Callable[[int, int], int] | None:
+    """libc's ``prctl`` on Linux (loaded in the parent: the child between fork and exec must not load libraries)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    return getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)
+
+
+def stop_process_group(proc: subprocess.Popen, grace_s: float = TERMINATE_GRACE_SECONDS) -> None:
+    """SIGTERM a run's whole process group (the fit and anything it started), SIGKILL it after ``grace_s``."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=grace_s if sig == signal.SIGTERM else None)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def start_fit(cmd: list[str], log: object, env: dict[str, str]) -> subprocess.Popen:
+    """Start a fit in its own process group that dies with this process (``PR_SET_PDEATHSIG`` on Linux)."""
+    return subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,  # type: ignore[arg-type]
+        preexec_fn=functools.partial(_die_with_parent, _prctl(), os.getpid()),
+    )  # fmt: skip
+
+
 def launch(run: Run, command_prefix: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start one run as a subprocess, resuming from its last checkpoint when it has one.
 
     The log is appended to, so the output of earlier attempts is kept. The run time of an earlier attempt that was
-    lost without a record (:func:`lost_attempt_seconds`) is added to ``total_s`` here.
+    lost without a record (:func:`lost_attempt_seconds`) is added to ``total_s`` here. A fit still holding the run
+    directory (left by a killed study) gets ``LOCK_WAIT_SECONDS`` to end, else :class:`LockHeld` is raised.
     """
     if is_done(run.dir):
         raise RuntimeError(f"run {run.id} is finished; refusing to start it again")
+    wait_for_run_dir(run.dir, LOCK_WAIT_SECONDS)
     prepare_run(run)
     resume = has_checkpoint(run.dir)
     cmd = run.command(command_prefix, resume=resume)
@@ -121,7 +166,7 @@ def launch(run: Run, command_prefix: list[str], env: dict[str, str] | None = Non
     with open(Path(run.dir) / LOG_FILE, "a") as log:
         log.write(f"\n=== attempt {attempt} at {now()} ({'resume' if resume else 'start'}) ===\n$ {' '.join(cmd)}\n")
         log.flush()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        proc = start_fit(cmd, log, {**os.environ, **(env or {})})
     update_status(
         run.dir, state="running", attempt=attempt, resumed=resume, pid=proc.pid, command=cmd, started=now(),
         first_started=previous.get("first_started") or now(), returncode=None, error=None, total_s=total,
@@ -158,7 +203,13 @@ def execute_run(run: Run, command_prefix: list[str] | None = None, env: dict[str
         return "blocked"
     started = time.monotonic()
     proc = launch(run, command_prefix or DEFAULT_COMMAND, env)
-    return finalize(run, proc.wait(), started)
+    try:
+        returncode = proc.wait()
+    finally:
+        if proc.returncode is None:  # interrupted (e.g. the job was cancelled): the fit goes too
+            stop_process_group(proc)
+            _end_attempt(run, started, state="interrupted", returncode=proc.returncode)
+    return finalize(run, returncode, started)
 
 
 @dataclass
@@ -213,7 +264,7 @@ class LocalScheduler:
                 slot = free.pop(0)
                 try:
                     proc = launch(run, self.command_prefix, self.envs[slot])
-                except OSError as error:  # e.g. the command does not exist: this run fails, the study goes on
+                except (OSError, LockHeld) as error:  # no such command / a fit still in the directory: go on
                     self.states[run.id] = "failed"
                     update_status(run.dir, state="failed", returncode=None, error=f"could not start: {error}")
                     self.echo(f"[failed] {run.id} (could not start: {error})")
@@ -233,14 +284,13 @@ class LocalScheduler:
 
     def _stop_all(self) -> None:
         for item in self.active.values():
-            item.proc.terminate()
+            try:
+                os.killpg(item.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
         deadline = time.monotonic() + TERMINATE_GRACE_SECONDS
         for item in self.active.values():
-            try:
-                item.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                item.proc.kill()
-                item.proc.wait()
+            stop_process_group(item.proc, max(0.1, deadline - time.monotonic()))
             _end_attempt(item.run, item.started, state="interrupted", returncode=item.proc.returncode)
         self.active.clear()
 

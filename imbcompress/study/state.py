@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 from collections import deque
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
 
 from imbcompress.atomic import write_json_atomic
+from imbcompress.locks import FileLock, holder
 from imbcompress.study.plan import Plan, Run
 from imbcompress.study.spec import LAST_CKPT
 
@@ -78,61 +76,21 @@ def log_tail(run_dir: str | Path, lines: int = LOG_TAIL_LINES) -> str:
         return ""
 
 
-class StudyLock:
-    """An exclusive lock on a study output directory, so two ``study run``s never drive the same runs.
-
-    The lock is an ``flock`` on ``DIR/.study.lock``: the kernel drops it when the holder dies, so a killed
-    study never leaves a stale lock behind.
+class StudyLock(FileLock):
+    """An exclusive lock on a study output directory (``DIR/.study.lock``), so two ``study run``s never drive
+    the same runs. A killed study never leaves a stale lock behind (see :mod:`imbcompress.locks`).
 
     Args:
         out_dir: the study output directory.
     """
 
     def __init__(self, out_dir: str | Path) -> None:
-        self.path = Path(out_dir) / LOCK_FILE
-        self._handle: IO[str] | None = None
-
-    def acquire(self) -> None:
-        """Take the lock or raise ``RuntimeError`` naming the holder."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            handle.close()
-            raise RuntimeError(
-                f"another `study run` is using {self.path.parent} (lock {self.path} held by {holder})"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} since {now()}\n")
-        handle.flush()
-        self._handle = handle
-
-    def release(self) -> None:
-        """Drop the lock."""
-        if self._handle is not None:
-            fcntl.flock(self._handle, fcntl.LOCK_UN)
-            self._handle.close()
-            self._handle = None
-
-    def __enter__(self) -> StudyLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+        super().__init__(Path(out_dir) / LOCK_FILE, f"another `study run` is using {out_dir}")
 
 
 def lock_held(out_dir: str | Path) -> bool:
     """Whether some process holds the study lock right now."""
-    try:
-        with StudyLock(out_dir):
-            return False
-    except RuntimeError:
-        return True
+    return holder(Path(out_dir) / LOCK_FILE) is not None
 
 
 def run_state(run: Run, states: dict[str, str], study_active: bool) -> str:

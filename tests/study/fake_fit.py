@@ -1,6 +1,6 @@
 """A stand-in for ``imbcompress fit`` used by the study tests.
 
-It checks what a real fit would need (config files and dependency checkpoints exist), records its call,
+It locks the run directory and checks what a real fit would need (config files and dependency checkpoints exist), records its call,
 writes ``checkpoints/last.ckpt`` and then an atomic ``metrics.json``. Environment switches (substrings of
 the run directory): ``FAKE_FIT_FAIL`` exits 3, ``FAKE_FIT_DIE`` SIGKILLs itself after the checkpoint,
 ``FAKE_FIT_HANG`` sleeps after the checkpoint (until killed) unless resuming.
@@ -12,6 +12,8 @@ import signal
 import sys
 import time
 from pathlib import Path
+
+from imbcompress.locks import LockHeld, hold_run_dir_lock
 
 
 def option(argv: list[str], name: str) -> str | None:
@@ -54,6 +56,11 @@ def fake_metrics(argv: list[str]) -> dict:
 def main(argv: list[str]) -> int:
     run_dir = Path(option(argv, "--run_dir"))
     resume = option(argv, "--ckpt_path")
+    try:
+        hold_run_dir_lock(run_dir)  # as the real fit does
+    except LockHeld as held:
+        print(f"fake fit: {held}", file=sys.stderr)
+        return 5
     record = {"run_dir": str(run_dir), "resume": resume, "omp": os.environ.get("OMP_NUM_THREADS"), "argv": argv}
     with open(os.environ["FAKE_FIT_LOG"], "a") as log:
         log.write(json.dumps(record) + "\n")
