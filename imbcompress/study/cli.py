@@ -40,6 +40,12 @@ def _parser() -> argparse.ArgumentParser:
         help="when the study file changed runs that already ran: run those and their dependants again, moving "
         "their old directories to OUT/replaced/<n>/",
     )
+    run.add_argument(
+        "--restart-corrupt",
+        action="store_true",
+        help="a run whose checkpoints/last.ckpt is corrupt: move it to last.ckpt.corrupt-<n> and restart the run "
+        "from scratch (without this flag such a run fails with a message naming the file)",
+    )
     run.add_argument("--slurm-partition", default=None)
     run.add_argument("--slurm-time-min", type=int, default=24 * 60)
     run.add_argument("--slurm-cpus", type=int, default=4, help="CPU cores per run")
@@ -54,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     one.add_argument("dir", help="study output directory")
     one.add_argument("run_id")
     one.add_argument("--command", help="command that runs one fit")
+    one.add_argument("--restart-corrupt", action="store_true", help="as for `study run`")
     return parser
 
 
@@ -115,7 +122,7 @@ def _run_local(plan: Plan, args: argparse.Namespace) -> int:
         return 0
     with StudyLock(plan.out_dir), _sigterm_exits():  # lock first, so a refused second run changes nothing
         _prepare_out(plan, args)
-        states = run_plan(plan, prefix, jobs=args.jobs, lock=False)
+        states = run_plan(plan, prefix, jobs=args.jobs, lock=False, restart_corrupt=args.restart_corrupt)
     counts = Counter(states.values())
     print("study finished: " + ", ".join(f"{state} {counts[state]}" for state in STATES if counts[state]))
     return 0 if counts["done"] == len(states) else FAILED_EXIT
@@ -124,7 +131,7 @@ def _run_local(plan: Plan, args: argparse.Namespace) -> int:
 def _run_slurm(plan: Plan, args: argparse.Namespace) -> int:
     params = SlurmParams(
         partition=args.slurm_partition, time_min=args.slurm_time_min, cpus_per_run=args.slurm_cpus,
-        gpus_per_run=args.slurm_gpus, mem_gb=args.slurm_mem_gb,
+        gpus_per_run=args.slurm_gpus, mem_gb=args.slurm_mem_gb, restart_corrupt=args.restart_corrupt,
     )  # fmt: skip
     _prepare_out(plan, args)
     prefix = shlex.split(args.command) if args.command else None
@@ -188,7 +195,7 @@ def cmd_run_one(args: argparse.Namespace) -> int:
     runs = plan.by_id()
     if args.run_id not in runs:
         raise ValueError(f"run_id: unknown run {args.run_id!r} in {args.dir}")
-    state = execute_run(runs[args.run_id], _prefix(args.command))
+    state = execute_run(runs[args.run_id], _prefix(args.command), restart_corrupt=args.restart_corrupt)
     print(f"{args.run_id}: {state}")
     return 0 if state == "done" else FAILED_EXIT
 

@@ -24,11 +24,13 @@ from imbcompress.study.spec import LAST_CKPT
 from imbcompress.study.state import (
     LOG_FILE,
     StudyLock,
+    checkpoint_problem,
     has_checkpoint,
     is_done,
     log_tail,
     now,
     read_status,
+    set_checkpoint_aside,
     update_status,
 )
 
@@ -147,28 +149,53 @@ def start_fit(cmd: list[str], log: object, env: dict[str, str]) -> subprocess.Po
     )  # fmt: skip
 
 
-def launch(run: Run, command_prefix: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+class CorruptCheckpoint(RuntimeError):
+    """A run's ``last.ckpt`` cannot be resumed from; the message names the file and the way out."""
+
+
+def _check_checkpoint(run: Run, restart_corrupt: bool) -> str:
+    """``resume``, ``start`` or, after moving a corrupt checkpoint aside, ``restart``; raises without permission."""
+    if not has_checkpoint(run.dir):
+        return "start"
+    problem = checkpoint_problem(run.dir)
+    if problem is None:
+        return "resume"
+    path = Path(run.dir) / LAST_CKPT
+    if not restart_corrupt:
+        raise CorruptCheckpoint(
+            f"checkpoint {path} is corrupt ({problem}), so run {run.id} cannot resume from it; re-run with "
+            "--restart-corrupt to move it to last.ckpt.corrupt-<n> and restart this run from scratch"
+        )
+    return f"restart (corrupt {LAST_CKPT} moved to {set_checkpoint_aside(run.dir).name}: {problem})"
+
+
+def launch(
+    run: Run, command_prefix: list[str], env: dict[str, str] | None = None, restart_corrupt: bool = False
+) -> subprocess.Popen:
     """Start one run as a subprocess, resuming from its last checkpoint when it has one.
 
     The log is appended to, so the output of earlier attempts is kept. The run time of an earlier attempt that was
     lost without a record (:func:`lost_attempt_seconds`) is added to ``total_s`` here. A fit still holding the run
-    directory (left by a killed study) gets ``LOCK_WAIT_SECONDS`` to end, else :class:`LockHeld` is raised.
+    directory (left by a killed study) gets ``LOCK_WAIT_SECONDS`` to end, else :class:`LockHeld` is raised. A
+    corrupt ``last.ckpt`` raises :class:`CorruptCheckpoint`, or with ``restart_corrupt`` is moved aside and the
+    run starts from scratch.
     """
     if is_done(run.dir):
         raise RuntimeError(f"run {run.id} is finished; refusing to start it again")
     wait_for_run_dir(run.dir, LOCK_WAIT_SECONDS)
+    how = _check_checkpoint(run, restart_corrupt)
     prepare_run(run)
-    resume = has_checkpoint(run.dir)
+    resume = how == "resume"
     cmd = run.command(command_prefix, resume=resume)
     previous = read_status(run.dir)
     attempt = int(previous.get("attempt", 0)) + 1
     total = round(float(previous.get("total_s") or 0.0) + lost_attempt_seconds(run.dir, previous), 1)
     with open(Path(run.dir) / LOG_FILE, "a") as log:
-        log.write(f"\n=== attempt {attempt} at {now()} ({'resume' if resume else 'start'}) ===\n$ {' '.join(cmd)}\n")
+        log.write(f"\n=== attempt {attempt} at {now()} ({how}) ===\n$ {' '.join(cmd)}\n")
         log.flush()
         proc = start_fit(cmd, log, {**os.environ, **(env or {})})
     update_status(
-        run.dir, state="running", attempt=attempt, resumed=resume, pid=proc.pid, command=cmd, started=now(),
+        run.dir, state="running", attempt=attempt, resumed=resume, start_mode=how, pid=proc.pid, command=cmd, started=now(),
         first_started=previous.get("first_started") or now(), returncode=None, error=None, total_s=total,
     )  # fmt: skip
     return proc
@@ -191,7 +218,9 @@ def finalize(run: Run, returncode: int, started: float) -> str:
     return "failed"
 
 
-def execute_run(run: Run, command_prefix: list[str] | None = None, env: dict[str, str] | None = None) -> str:
+def execute_run(
+    run: Run, command_prefix: list[str] | None = None, env: dict[str, str] | None = None, restart_corrupt: bool = False
+) -> str:
     """Run one run to completion in the foreground (what a SLURM job does); returns its final state."""
     if is_done(run.dir):
         return "done"
@@ -202,7 +231,11 @@ def execute_run(run: Run, command_prefix: list[str] | None = None, env: dict[str
         update_status(run.dir, state="blocked", error=f"dependencies not finished: {', '.join(missing)}")
         return "blocked"
     started = time.monotonic()
-    proc = launch(run, command_prefix or DEFAULT_COMMAND, env)
+    try:
+        proc = launch(run, command_prefix or DEFAULT_COMMAND, env, restart_corrupt)
+    except (CorruptCheckpoint, LockHeld) as error:
+        update_status(run.dir, state="failed", returncode=None, error=str(error))
+        return "failed"
     try:
         returncode = proc.wait()
     finally:
@@ -230,6 +263,7 @@ class LocalScheduler:
         jobs: runs at once; each gets ``cpus // jobs`` threads, or its share of the GPUs.
         gpus: GPU indices to share out (default: detected).
         echo: where progress lines go.
+        restart_corrupt: move a corrupt ``last.ckpt`` aside and restart its run from scratch (else the run fails).
     """
 
     plan: Plan
@@ -237,6 +271,7 @@ class LocalScheduler:
     jobs: int = 1
     gpus: list[int] | None = None
     echo: Callable[[str], None] = print
+    restart_corrupt: bool = False
 
     def __post_init__(self) -> None:
         self.envs = slot_envs(self.jobs, detect_gpus() if self.gpus is None else self.gpus)
@@ -263,15 +298,16 @@ class LocalScheduler:
             if all(self.states.get(dep) == "done" for dep in run.deps):
                 slot = free.pop(0)
                 try:
-                    proc = launch(run, self.command_prefix, self.envs[slot])
-                except (OSError, LockHeld) as error:  # no such command / a fit still in the directory: go on
+                    proc = launch(run, self.command_prefix, self.envs[slot], self.restart_corrupt)
+                except (OSError, LockHeld, CorruptCheckpoint) as error:  # this run fails, the study goes on
                     self.states[run.id] = "failed"
                     update_status(run.dir, state="failed", returncode=None, error=f"could not start: {error}")
                     self.echo(f"[failed] {run.id} (could not start: {error})")
                     free.insert(0, slot)
                     continue
                 self.active[run.id] = _Active(run, proc, slot, time.monotonic())
-                self.echo(f"[start] {run.id} (pid {proc.pid})")
+                how = read_status(run.dir).get("start_mode")
+                self.echo(f"[start] {run.id} (pid {proc.pid}{'; ' + how if how.startswith('restart') else ''})")
 
     def _reap(self) -> bool:
         finished = [a for a in self.active.values() if a.proc.poll() is not None]
@@ -320,12 +356,13 @@ def run_plan(
     gpus: list[int] | None = None,
     echo: Callable[[str], None] = print,
     lock: bool = True,
+    restart_corrupt: bool = False,
 ) -> dict[str, str]:
     """Run a plan (see :class:`LocalScheduler`); returns the state of every run.
 
     With ``lock`` the study lock is taken here; pass False when the caller already holds it.
     """
-    scheduler = LocalScheduler(plan, list(command_prefix or DEFAULT_COMMAND), jobs, gpus, echo)
+    scheduler = LocalScheduler(plan, list(command_prefix or DEFAULT_COMMAND), jobs, gpus, echo, restart_corrupt)
     if not lock:
         save_plan(plan)
         return scheduler.run()

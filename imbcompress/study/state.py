@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zipfile
 from collections import deque
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,6 +49,34 @@ def is_done(run_dir: str | Path) -> bool:
 def has_checkpoint(run_dir: str | Path) -> bool:
     """Whether an interrupted run left a checkpoint to resume from."""
     return (Path(run_dir) / LAST_CKPT).is_file()
+
+
+def checkpoint_problem(run_dir: str | Path) -> str | None:
+    """Why the run's ``last.ckpt`` cannot be resumed from (truncated, not a zip archive, a CRC error), or None.
+
+    ``torch.save`` writes a zip archive; reading every member's CRC catches a truncated or damaged file without
+    importing torch.
+    """
+    path = Path(run_dir) / LAST_CKPT
+    if not zipfile.is_zipfile(path):
+        return "not a complete zip archive (truncated, or not written by torch.save)"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        return f"unreadable archive: {error}"
+    return None if bad is None else f"member {bad!r} fails its CRC check"
+
+
+def set_checkpoint_aside(run_dir: str | Path) -> Path:
+    """Rename a corrupt ``last.ckpt`` to ``last.ckpt.corrupt-<n>`` (the first free n) and return the new path."""
+    path = Path(run_dir) / LAST_CKPT
+    number = 1
+    while path.with_name(f"{path.name}.corrupt-{number}").exists():
+        number += 1
+    target = path.with_name(f"{path.name}.corrupt-{number}")
+    path.rename(target)
+    return target
 
 
 def read_status(run_dir: str | Path) -> dict:

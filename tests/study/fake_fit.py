@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 from imbcompress.locks import LockHeld, hold_run_dir_lock
@@ -72,7 +73,8 @@ def main(argv: list[str]) -> int:
         print("boom: simulated failure", file=sys.stderr)
         return 3
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    (run_dir / "checkpoints" / "last.ckpt").write_text("half-trained")
+    with zipfile.ZipFile(run_dir / "checkpoints" / "last.ckpt", "w") as ckpt:  # torch.save writes a zip archive
+        ckpt.writestr("archive/data.pkl", "half-trained")
     if matches("FAKE_FIT_DIE", str(run_dir)):
         os.kill(os.getpid(), signal.SIGKILL)
     if matches("FAKE_FIT_HANG", str(run_dir)) and not resume:

@@ -88,3 +88,25 @@ def test_study_does_not_start_a_second_fit_in_a_busy_directory(tmp_path, fake_en
     assert f"pid {other.pid}" in read_status(busy.dir)["error"]
     assert busy.dir not in [call["run_dir"] for call in fake_env()]
     assert states["exponential-r100/kd/seed0"] == "done"
+
+
+def test_corrupt_checkpoint_is_named_and_restarted_only_when_asked(tmp_path, fake_env, fake_prefix, monkeypatch):
+    plan = make_plan(tmp_path)
+    monkeypatch.setenv("FAKE_FIT_DIE", "runs/balanced/fp32")
+    run_plan(plan, fake_prefix, jobs=1, gpus=[], echo=lambda _: None)
+    monkeypatch.delenv("FAKE_FIT_DIE")
+    run = plan.by_id()["balanced/fp32/seed0"]
+    ckpt = Path(run.dir) / "checkpoints" / "last.ckpt"
+    ckpt.write_bytes(ckpt.read_bytes()[:-30])  # truncated, as by a full disk
+    calls = len(fake_env())
+    states = run_plan(plan, fake_prefix, jobs=1, gpus=[], echo=lambda _: None)
+    assert states[run.id] == "failed" and len(fake_env()) == calls  # refused before launching
+    error = read_status(run.dir)["error"]
+    assert f"checkpoint {ckpt} is corrupt" in error and "--restart-corrupt" in error
+    corrupt = ckpt.read_bytes()
+    lines = []
+    states = run_plan(plan, fake_prefix, jobs=1, gpus=[], echo=lines.append, restart_corrupt=True)
+    assert set(states.values()) == {"done"}
+    assert (ckpt.parent / "last.ckpt.corrupt-1").read_bytes() == corrupt  # kept aside, not deleted
+    assert fake_env()[calls]["run_dir"] == run.dir and fake_env()[calls]["resume"] is None  # from scratch
+    assert any("restart (corrupt checkpoints/last.ckpt moved to last.ckpt.corrupt-1" in line for line in lines)
