@@ -70,10 +70,12 @@ class ImbCompressCLI(LightningCLI):
         print(f"wrote {run_dir / 'predictions.csv'} ({len(lines) - 1} rows; rank 0's share under DDP)")
 
 
-def run_cli(args: list[str] | None = None, run: bool = True) -> ImbCompressCLI:
+def run_cli(
+    args: list[str] | None = None, run: bool = True, cli_class: type[ImbCompressCLI] = ImbCompressCLI
+) -> ImbCompressCLI:
     """Build (and by default run) the LightningCLI; ``args`` as on the command line (tests pass them directly)."""
     use_for_config_files()  # a key given twice in a config file is an error, not "the last one wins"
-    return ImbCompressCLI(
+    return cli_class(
         ImbalanceClassifier,
         ImbalancedDataModule,
         subclass_mode_model=True,

@@ -149,7 +149,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise ValueError(f"--jobs: invalid value {args.jobs} (allowed: an integer >= 1)")
     plan = expand(study, args.out or Path("studies") / study.name)
+    _validate(plan, _prefix(args.command))
     return _run_slurm(plan, args) if args.executor == "slurm" else _run_local(plan, args)
+
+
+def _validate(plan: Plan, prefix: list[str]) -> None:
+    """Parse the runs' fit configurations before anything starts (imports torch: only ``study run`` does this)."""
+    from imbcompress.study.validate import uses_imbcompress, validate_runs
+
+    if uses_imbcompress(prefix):
+        checked = validate_runs(plan)
+        print(f"checked the fit configuration of {checked} kind(s) of run: all parse")
 
 
 def _note(state: str, status: dict) -> str:

@@ -7,6 +7,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import yaml
+
 from imbcompress.atomic import write_json_atomic
 from imbcompress.study.spec import KD_CLASS_PATH, LAST_CKPT, Method, Study, Variant
 
@@ -29,17 +31,24 @@ class Run:
     callbacks: list[dict] = field(default_factory=list)
     args: list[str] = field(default_factory=list)
 
-    def command(self, command_prefix: list[str], resume: bool = False) -> list[str]:
-        """The full command line; with ``resume`` it continues from ``checkpoints/last.ckpt``."""
+    def command(self, command_prefix: list[str], resume: bool = False, fragment: str | None = None) -> list[str]:
+        """The full command line; with ``resume`` it continues from ``checkpoints/last.ckpt``.
+
+        ``fragment`` replaces the generated fragment's path (``RUN/study_fragment.yaml``), e.g. for validation.
+        """
         cmd = [*command_prefix, "fit"]
         for config in self.configs:
             cmd += ["--config", config]
         if self.callbacks:
-            cmd += ["--config", str(Path(self.dir) / GENERATED_FRAGMENT)]
+            cmd += ["--config", fragment or str(Path(self.dir) / GENERATED_FRAGMENT)]
         cmd += self.args
         if resume:
             cmd += ["--ckpt_path", str(Path(self.dir) / LAST_CKPT)]
         return cmd
+
+    def fragment_text(self) -> str:
+        """The generated config fragment that appends the run's inline callbacks (and its distillation teacher)."""
+        return yaml.safe_dump({"trainer": {"callbacks+": self.callbacks}}, sort_keys=False)
 
 
 @dataclass

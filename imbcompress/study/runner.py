@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-import yaml
-
 from imbcompress.atomic import atomic_write
 from imbcompress.locks import LockHeld, wait_for_run_dir
 from imbcompress.study.plan import GENERATED_FRAGMENT, Plan, Run, save_plan
@@ -91,8 +89,7 @@ def prepare_run(run: Run) -> None:
     """Create the run directory and write its generated fragment (inline callbacks, the distillation teacher)."""
     Path(run.dir).mkdir(parents=True, exist_ok=True)
     if run.callbacks:
-        fragment = {"trainer": {"callbacks+": run.callbacks}}
-        text = yaml.safe_dump(fragment, sort_keys=False).encode()
+        text = run.fragment_text().encode()
         atomic_write(Path(run.dir) / GENERATED_FRAGMENT, lambda handle: handle.write(text))
 
 
