@@ -109,9 +109,9 @@ def describe_changes(changes: Changes, out_dir: str | Path) -> str:
         f"--out {out_dir}: the study file changes the definition of {len(changes.changed)} run(s) that already "
         "ran; their results would be relabelled with a command they did not run:"
     ]
-    for lines, ids in groups.items():
+    for diff, ids in groups.items():
         text.append(f"  {len(ids)} run(s): {_ids(ids)}")
-        text += [f"    {line}" for line in lines]
+        text += [f"    {line}" for line in diff]
     if changes.dependents:
         text.append(f"  and {len(changes.dependents)} run(s) with results depend on them: {_ids(changes.dependents)}")
     text.append(

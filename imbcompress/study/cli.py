@@ -13,9 +13,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from imbcompress.study.attempt import DEFAULT_COMMAND, execute_run
 from imbcompress.study.changes import Changes, describe_changes, find_changes, set_aside
 from imbcompress.study.plan import PLAN_FILE, Plan, expand, load_plan, save_plan
-from imbcompress.study.runner import DEFAULT_COMMAND, execute_run, run_plan
+from imbcompress.study.scheduler import run_plan
 from imbcompress.study.slurm import SlurmParams, describe, submit, write_dry_run
 from imbcompress.study.spec import load_study
 from imbcompress.study.state import INVOCATIONS_FILE, STATES, StudyLock, now, plan_states, read_status
@@ -149,7 +150,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise ValueError(f"--jobs: invalid value {args.jobs} (allowed: an integer >= 1)")
     plan = expand(study, args.out or Path("studies") / study.name)
-    _validate(plan, _prefix(args.command))
+    if not args.dry_run:
+        _validate(plan, _prefix(args.command))
     return _run_slurm(plan, args) if args.executor == "slurm" else _run_local(plan, args)
 
 

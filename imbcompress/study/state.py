@@ -10,10 +10,10 @@ from pathlib import Path
 
 from imbcompress.atomic import write_json_atomic
 from imbcompress.locks import FileLock, holder
+from imbcompress.names import METRICS_FILE, SCHEMA_VERSION
 from imbcompress.study.plan import Plan, Run
 from imbcompress.study.spec import LAST_CKPT
 
-METRICS_FILE = "metrics.json"
 STATUS_FILE = "run_status.json"
 LOG_FILE = "run.log"
 LOCK_FILE = ".study.lock"
@@ -28,13 +28,23 @@ def now() -> str:
 
 
 def read_metrics(run_dir: str | Path) -> dict | None:
-    """The run's ``metrics.json`` if it exists and parses completely (with a test macro-F1), else None."""
+    """The run's ``metrics.json`` if it exists and parses completely (with a test macro-F1), else None.
+
+    Raises:
+        ValueError: the file's ``schema_version`` is newer than this code understands (naming the file).
+    """
     path = Path(run_dir) / METRICS_FILE
     try:
         with open(path) as handle:
             data = json.load(handle)
     except (OSError, ValueError):
         return None
+    version = data.get("schema_version", 1) if isinstance(data, dict) else None
+    if isinstance(version, int) and version > SCHEMA_VERSION:
+        raise ValueError(
+            f"{path}: schema_version {version} is newer than this imbcompress understands ({SCHEMA_VERSION}); "
+            "read it with the imbcompress version that wrote it, or upgrade"
+        )
     test = data.get("test") if isinstance(data, dict) else None
     if not isinstance(test, dict) or not isinstance(test.get("macro_f1"), int | float):
         return None

@@ -21,7 +21,7 @@ SHOWN_PROBLEMS = 5
 
 
 def uses_imbcompress(command_prefix: list[str]) -> bool:
-    """Whether the fit command is imbcompress's own (``python -m imbcompress``, ``imbcompress``), so its parser applies."""
+    """Whether the fit command is imbcompress's own (``python -m imbcompress``, ``imbcompress``): its parser applies."""
     return command_prefix[-2:] == ["-m", "imbcompress"] or Path(command_prefix[-1]).name == "imbcompress"
 
 
@@ -96,7 +96,8 @@ def validate_runs(plan: Plan) -> int:
                 problems.setdefault(problem, []).extend(r.id for r in plan.runs if shape(r) == key)
     if problems:
         lines = [
-            f"{len(ids)} run(s) (e.g. {ids[0]}): " + problem.replace("\n", "\n    ") for problem, ids in problems.items()
+            f"{len(ids)} run(s) (e.g. {ids[0]}): " + problem.replace("\n", "\n    ")
+            for problem, ids in problems.items()
         ]
         more = len(lines) - SHOWN_PROBLEMS
         shown = lines[:SHOWN_PROBLEMS] + ([f"... and {more} more problem(s)"] if more > 0 else [])

@@ -1,9 +1,10 @@
 """A stand-in for ``imbcompress fit`` used by the study tests.
 
-It locks the run directory and checks what a real fit would need (config files and dependency checkpoints exist), records its call,
-writes ``checkpoints/last.ckpt`` and then an atomic ``metrics.json``. Environment switches (substrings of
-the run directory): ``FAKE_FIT_FAIL`` exits 3, ``FAKE_FIT_DIE`` SIGKILLs itself after the checkpoint,
-``FAKE_FIT_HANG`` sleeps after the checkpoint (until killed) unless resuming.
+It locks the run directory, checks what a real fit would need (config files and dependency checkpoints
+exist), records its call, writes ``checkpoints/last.ckpt`` (a zip archive, as torch.save) and then an atomic
+``metrics.json``. Environment switches (substrings of the run directory): ``FAKE_FIT_FAIL`` exits 3,
+``FAKE_FIT_DIE`` SIGKILLs itself after the checkpoint, ``FAKE_FIT_HANG`` sleeps after the checkpoint (until
+killed) unless resuming.
 """
 
 import json

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from imbcompress.locks import RUN_LOCK_FILE, LockHeld, hold_run_dir_lock, holder
-from imbcompress.study import runner
-from imbcompress.study.runner import run_plan
+from imbcompress.study import attempt
+from imbcompress.study.scheduler import run_plan
 from imbcompress.study.state import read_status
 
 from .test_runner import REPO, make_plan, start_hanging_study
@@ -52,7 +52,7 @@ def test_killing_only_the_study_process_ends_its_fit(tmp_path, fake_env, fake_pr
 
 def test_fit_in_its_own_process_group(tmp_path, fake_env, fake_prefix):
     plan = make_plan(tmp_path)
-    proc = runner.launch(plan.runs[0], fake_prefix)
+    proc = attempt.launch(plan.runs[0], fake_prefix)
     assert os.getpgid(proc.pid) == proc.pid != os.getpgid(0)
     assert proc.wait(timeout=60) == 0
 
@@ -78,7 +78,7 @@ def test_study_does_not_start_a_second_fit_in_a_busy_directory(tmp_path, fake_en
     plan = make_plan(tmp_path)
     busy = plan.by_id()["balanced/fp32/seed0"]
     other = hold_in_another_process(Path(busy.dir))
-    monkeypatch.setattr(runner, "LOCK_WAIT_SECONDS", 0.5)
+    monkeypatch.setattr(attempt, "LOCK_WAIT_SECONDS", 0.5)
     try:
         states = run_plan(plan, fake_prefix, jobs=1, gpus=[], echo=lambda _: None)
     finally:

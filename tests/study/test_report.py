@@ -147,3 +147,13 @@ def test_report_refuses_to_replace_a_directory_that_is_not_a_report(study_dir, c
     assert main(["report", str(study_dir), "--out", str(study_dir / "notes")]) == 2
     assert "holds files a report does not write" in capsys.readouterr().err
     assert (study_dir / "notes" / "todo.txt").read_text() == "keep me"
+
+
+def test_metrics_with_a_newer_schema_are_refused_naming_the_file(study_dir, capsys):
+    plan = load_plan(study_dir)
+    path = Path(plan.runs[0].dir) / "metrics.json"
+    metrics = json.loads(path.read_text())
+    path.write_text(json.dumps({**metrics, "schema_version": 2}))
+    assert main(["report", str(study_dir)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: schema_version 2 is newer than this imbcompress understands (1)" in err
