@@ -34,6 +34,7 @@ from imbcompress.study.state import (
     set_checkpoint_aside,
     update_status,
 )
+from imbcompress.study.usage import peak_rss_mib, wait_with_usage
 
 DEFAULT_COMMAND = [sys.executable, "-m", "imbcompress"]
 TERMINATE_GRACE_SECONDS = 10.0
@@ -164,13 +165,13 @@ def end_attempt(run: Run, started: float, **fields: object) -> None:
     update_status(run.dir, ended=now(), duration_s=duration, total_s=total, **fields)
 
 
-def finalize(run: Run, returncode: int, started: float) -> str:
-    """Record how a finished subprocess ended; returns ``done`` or ``failed``."""
+def finalize(run: Run, returncode: int, started: float, **usage: object) -> str:
+    """Record how a finished subprocess ended (and ``usage``: peak memory fields); returns ``done`` or ``failed``."""
     if returncode == 0 and is_done(run.dir):
-        end_attempt(run, started, state="done", returncode=0)
+        end_attempt(run, started, state="done", returncode=0, **usage)
         return "done"
     error = f"exit code {returncode}" if returncode != 0 else "exit code 0 but metrics.json is missing or incomplete"
-    end_attempt(run, started, state="failed", returncode=returncode, error=error, log_tail=log_tail(run.dir))
+    end_attempt(run, started, state="failed", returncode=returncode, error=error, log_tail=log_tail(run.dir), **usage)
     return "failed"
 
 
@@ -193,9 +194,10 @@ def execute_run(
         update_status(run.dir, state="failed", returncode=None, error=str(error))
         return "failed"
     try:
-        returncode = proc.wait()
+        usage = wait_with_usage(proc, block=True)
     finally:
         if proc.returncode is None:  # interrupted (e.g. the job was cancelled): the fit goes too
             stop_process_group(proc)
             end_attempt(run, started, state="interrupted", returncode=proc.returncode)
-    return finalize(run, returncode, started)
+    assert proc.returncode is not None
+    return finalize(run, proc.returncode, started, peak_rss_mib=peak_rss_mib(usage))

@@ -16,7 +16,7 @@ from pathlib import Path
 from imbcompress.study.attempt import DEFAULT_COMMAND, execute_run
 from imbcompress.study.changes import Changes, describe_changes, find_changes, set_aside
 from imbcompress.study.plan import PLAN_FILE, Plan, expand, load_plan, save_plan
-from imbcompress.study.scheduler import run_plan
+from imbcompress.study.scheduler import detect_gpus, run_plan
 from imbcompress.study.slurm import SlurmParams, describe, submit, write_dry_run
 from imbcompress.study.spec import load_study
 from imbcompress.study.state import INVOCATIONS_FILE, STATES, StudyLock, now, plan_states, read_status
@@ -31,7 +31,15 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run (or continue) every unfinished run of a study")
     run.add_argument("study", help="study YAML file (docs/study.md)")
     run.add_argument("--out", help="output directory (default: studies/<study name>)")
-    run.add_argument("--jobs", type=int, default=1, help="runs at once; each gets its share of CPU threads / GPUs")
+    run.add_argument(
+        "--jobs", type=int, default=None, help="runs at once (default 1); each gets its share of CPU threads / GPUs"
+    )
+    run.add_argument(
+        "--runs-per-gpu",
+        type=int,
+        default=None,
+        help="pack N runs on each visible GPU at once (N x GPUs slots); without GPUs: N runs on the CPU",
+    )
     run.add_argument("--executor", choices=["local", "slurm"], default="local")
     run.add_argument("--dry-run", action="store_true", help="print the runs (local) or write sbatch previews (slurm)")
     run.add_argument("--command", help=f"command that runs one fit (default: {shlex.join(DEFAULT_COMMAND)})")
@@ -144,11 +152,22 @@ def _run_slurm(plan: Plan, args: argparse.Namespace) -> int:
     return 0
 
 
+def _slots(jobs: int | None, runs_per_gpu: int | None) -> int:
+    """Runs at once: ``--jobs``, or ``--runs-per-gpu`` x the visible GPUs (x 1 without GPUs)."""
+    for name, value in (("--jobs", jobs), ("--runs-per-gpu", runs_per_gpu)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name}: invalid value {value} (allowed: an integer >= 1)")
+    if runs_per_gpu is None:
+        return jobs or 1
+    if jobs is not None:
+        raise ValueError(f"--jobs {jobs} and --runs-per-gpu {runs_per_gpu}: give one of them")
+    return runs_per_gpu * max(1, len(detect_gpus()))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """``study run``: validate, expand, then run locally or on SLURM."""
     study = load_study(args.study)
-    if args.jobs < 1:
-        raise ValueError(f"--jobs: invalid value {args.jobs} (allowed: an integer >= 1)")
+    args.jobs = _slots(args.jobs, args.runs_per_gpu)
     plan = expand(study, args.out or Path("studies") / study.name)
     if not args.dry_run:
         _validate(plan, _prefix(args.command))

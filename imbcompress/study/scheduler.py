@@ -27,6 +27,7 @@ from imbcompress.study.attempt import (
 )
 from imbcompress.study.plan import Plan, Run, save_plan
 from imbcompress.study.state import StudyLock, is_done, read_status, update_status
+from imbcompress.study.usage import GpuPeaks, peak_rss_mib, wait_with_usage
 
 POLL_SECONDS = 0.2
 
@@ -107,6 +108,8 @@ class LocalScheduler:
 
     def __post_init__(self) -> None:
         self.envs = slot_envs(self.jobs, detect_gpus() if self.gpus is None else self.gpus)
+        self.gpu_slots = any("CUDA_VISIBLE_DEVICES" in env for env in self.envs)
+        self.gpu_peaks = GpuPeaks()
         self.states: dict[str, str] = {}
         self.active: dict[str, _Active] = {}
 
@@ -138,14 +141,21 @@ class LocalScheduler:
                     free.insert(0, slot)
                     continue
                 self.active[run.id] = _Active(run, proc, slot, time.monotonic())
+                update_status(run.dir, slot=slot, cuda_visible_devices=self.envs[slot].get("CUDA_VISIBLE_DEVICES"))
                 how = str(read_status(run.dir).get("start_mode"))
                 self.echo(f"[start] {run.id} (pid {proc.pid}{'; ' + how if how.startswith('restart') else ''})")
 
     def _reap(self) -> bool:
-        finished = [a for a in self.active.values() if a.proc.poll() is not None]
-        for item in finished:
+        self.gpu_peaks.sample([item.proc.pid for item in self.active.values()] if self.gpu_slots else [])
+        finished = []
+        for item in list(self.active.values()):
+            usage = wait_with_usage(item.proc, block=False)
+            if item.proc.returncode is not None:
+                finished.append((item, usage))
+        for item, usage in finished:
             del self.active[item.run.id]
-            state = finalize(item.run, item.proc.returncode, item.started)
+            memory = {"peak_rss_mib": peak_rss_mib(usage), "peak_gpu_mib": self.gpu_peaks.pop(item.proc.pid)}
+            state = finalize(item.run, item.proc.returncode, item.started, **memory)
             self.states[item.run.id] = state
             self.echo(f"[{state}] {item.run.id}" + ("" if state == "done" else f" (exit {item.proc.returncode})"))
         return bool(finished)

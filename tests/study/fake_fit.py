@@ -4,7 +4,8 @@ It locks the run directory, checks what a real fit would need (config files and 
 exist), records its call, writes ``checkpoints/last.ckpt`` (a zip archive, as torch.save) and then an atomic
 ``metrics.json``. Environment switches (substrings of the run directory): ``FAKE_FIT_FAIL`` exits 3,
 ``FAKE_FIT_DIE`` SIGKILLs itself after the checkpoint, ``FAKE_FIT_HANG`` sleeps after the checkpoint (until
-killed) unless resuming.
+killed) unless resuming. ``FAKE_FIT_SECONDS`` makes every fit last that long; with ``FAKE_SMI_DIR`` each fit
+writes a line for the fake ``nvidia-smi`` of the packing test.
 """
 
 import json
@@ -78,6 +79,10 @@ def main(argv: list[str]) -> int:
         ckpt.writestr("archive/data.pkl", "half-trained")
     if matches("FAKE_FIT_DIE", str(run_dir)):
         os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get("FAKE_SMI_DIR"):  # what the fake nvidia-smi reports: this process uses 300 MiB
+        (Path(os.environ["FAKE_SMI_DIR"]) / str(os.getpid())).write_text(f"{os.getpid()}, 300\n")
+    if os.environ.get("FAKE_FIT_SECONDS"):
+        time.sleep(float(os.environ["FAKE_FIT_SECONDS"]))
     if matches("FAKE_FIT_HANG", str(run_dir)) and not resume:
         (run_dir / "hanging").write_text("yes")
         time.sleep(120)
