@@ -65,6 +65,17 @@ def _parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="tables, figures and report.md from the finished runs")
     report.add_argument("dir", help="study output directory")
     report.add_argument("--out", help="report directory (default: DIR/report)")
+    estimate = sub.add_parser("plan", help="expand a study and, given a measured throughput, estimate its time")
+    estimate.add_argument("study", help="study YAML file (docs/study.md)")
+    estimate.add_argument(
+        "--throughput",
+        required=True,
+        help="JSON file of a measurement: images_per_s_per_run, runs_per_gpu, gpus, device, source",
+    )
+    estimate.add_argument("--classes", type=int, default=10, help="classes of the dataset (default: CIFAR-10's 10)")
+    estimate.add_argument(
+        "--train-per-class", type=int, default=5000, help="training images per class (default: CIFAR-10's 5000)"
+    )
     one = sub.add_parser("run-one", help="run one run of a planned study (what a SLURM job executes)")
     one.add_argument("dir", help="study output directory")
     one.add_argument("run_id")
@@ -220,6 +231,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    """``study plan``: the runs of a study and its estimated time at a measured throughput (imports torch)."""
+    from imbcompress.study.estimate import describe_estimate, estimate, load_throughput
+
+    throughput = load_throughput(args.throughput)
+    plan = expand(load_study(args.study), Path("studies") / "estimate")  # directories are not used
+    result = estimate(plan, throughput, args.classes, args.train_per_class)
+    print(describe_estimate(plan, result, throughput, args.classes, args.train_per_class))
+    return 0
+
+
 def cmd_run_one(args: argparse.Namespace) -> int:
     """``study run-one``: one run in the foreground."""
     plan = load_plan(args.dir)
@@ -231,7 +253,7 @@ def cmd_run_one(args: argparse.Namespace) -> int:
     return 0 if state == "done" else FAILED_EXIT
 
 
-COMMANDS = {"run": cmd_run, "status": cmd_status, "report": cmd_report, "run-one": cmd_run_one}
+COMMANDS = {"run": cmd_run, "status": cmd_status, "report": cmd_report, "plan": cmd_plan, "run-one": cmd_run_one}
 
 
 def main(argv: list[str] | None = None) -> int:

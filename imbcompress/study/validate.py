@@ -42,6 +42,11 @@ def _parse_only_cli() -> Any:
 
 def parse_error(args: list[str]) -> str | None:
     """The parser's error for the arguments of ``fit`` (without the word ``fit``), or None when they parse."""
+    return parse_fit_args(args)[1]
+
+
+def parse_fit_args(args: list[str]) -> tuple[Any, str | None]:
+    """The parsed configuration of the arguments of ``fit`` (without the word ``fit``), or None and the error."""
     from imbcompress.cli import run_cli
 
     stderr = io.StringIO()
@@ -50,25 +55,30 @@ def parse_error(args: list[str]) -> str | None:
     seed_logger.setLevel(logging.WARNING)  # "Seed set to 0" once per run is noise here
     try:
         with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
-            run_cli(args, run=False, cli_class=_parse_only_cli())
+            cli = run_cli(args, run=False, cli_class=_parse_only_cli())
     except SystemExit:
         text = stderr.getvalue()
         message = text[text.rindex("error:") + len("error:") :] if "error:" in text else text[-2000:]
         # the parser repeats the whole value (with run-specific paths): the lines above it say what is wrong
-        return "\n".join(line for line in message.strip().splitlines() if not line.strip().startswith("Given value"))
+        lines = [line for line in message.strip().splitlines() if not line.strip().startswith("Given value")]
+        return None, "\n".join(lines)
     finally:
         seed_logger.setLevel(level)
-    return None
+    return cli.config, None
 
 
-def run_problem(run: Run, scratch: Path) -> str | None:
-    """The parse error of one run's configuration (its generated fragment written under ``scratch``), or None."""
+def parse_run(run: Run, scratch: Path) -> tuple[Any, str | None]:
+    """One run's parsed configuration (its generated fragment written under ``scratch``), or None and the error."""
     fragment = None
     if run.callbacks:
         fragment = scratch / f"{run.id.replace('/', '__')}.yaml"
         fragment.write_text(run.fragment_text())
-    args = run.command([], fragment=str(fragment) if fragment else None)[1:]  # drop "fit"
-    return parse_error(args)
+    return parse_fit_args(run.command([], fragment=str(fragment) if fragment else None)[1:])  # drop "fit"
+
+
+def run_problem(run: Run, scratch: Path) -> str | None:
+    """The parse error of one run's configuration, or None."""
+    return parse_run(run, scratch)[1]
 
 
 def shape(run: Run) -> tuple:
