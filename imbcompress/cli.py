@@ -11,7 +11,9 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from imbcompress.checkpoint import secure_subcommand_config
 from imbcompress.data import ImbalancedDataModule
+from imbcompress.locks import hold_run_dir_lock
 from imbcompress.task import ImbalanceClassifier
+from imbcompress.yamlio import use_for_config_files
 
 TRAINER_DEFAULTS: dict[str, Any] = {
     # bf16 autocast + channels-last is the fast path on CPUs with AVX-512 BF16 / AMX and on recent GPUs.
@@ -46,6 +48,8 @@ class ImbCompressCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         run_dir = config.get("run_dir")
+        if run_dir and self.subcommand == "fit":
+            hold_run_dir_lock(run_dir)  # before anything is written: one fit per run directory
         if run_dir:
             config.trainer.default_root_dir = run_dir
             config.trainer.logger = Namespace(
@@ -72,9 +76,12 @@ class ImbCompressCLI(LightningCLI):
         print(f"wrote {run_dir / 'predictions.csv'} ({len(lines) - 1} rows; rank 0's share under DDP)")
 
 
-def run_cli(args: list[str] | None = None, run: bool = True) -> ImbCompressCLI:
+def run_cli(
+    args: list[str] | None = None, run: bool = True, cli_class: type[ImbCompressCLI] = ImbCompressCLI
+) -> ImbCompressCLI:
     """Build (and by default run) the LightningCLI; ``args`` as on the command line (tests pass them directly)."""
-    return ImbCompressCLI(
+    use_for_config_files()  # a key given twice in a config file is an error, not "the last one wins"
+    return cli_class(
         ImbalanceClassifier,
         ImbalancedDataModule,
         subclass_mode_model=True,

@@ -4,8 +4,9 @@
 """
 
 from imbcompress.study.aggregate import gap_summary, performance_gap, robustness
+from imbcompress.study.attempt import execute_run
 from imbcompress.study.plan import Plan, Run, expand, load_plan
-from imbcompress.study.runner import LocalScheduler, execute_run, run_plan
+from imbcompress.study.scheduler import LocalScheduler, run_plan
 from imbcompress.study.spec import Study, load_study, parse_study
 
 __all__ = [

@@ -13,8 +13,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from imbcompress.study.plan import Plan, expand, load_plan, save_plan
-from imbcompress.study.runner import DEFAULT_COMMAND, execute_run, run_plan
+from imbcompress.study.attempt import DEFAULT_COMMAND, execute_run
+from imbcompress.study.changes import Changes, describe_changes, find_changes, set_aside
+from imbcompress.study.plan import PLAN_FILE, Plan, expand, load_plan, save_plan
+from imbcompress.study.scheduler import detect_gpus, run_plan
 from imbcompress.study.slurm import SlurmParams, describe, submit, write_dry_run
 from imbcompress.study.spec import load_study
 from imbcompress.study.state import INVOCATIONS_FILE, STATES, StudyLock, now, plan_states, read_status
@@ -29,10 +31,30 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run (or continue) every unfinished run of a study")
     run.add_argument("study", help="study YAML file (docs/study.md)")
     run.add_argument("--out", help="output directory (default: studies/<study name>)")
-    run.add_argument("--jobs", type=int, default=1, help="runs at once; each gets its share of CPU threads / GPUs")
+    run.add_argument(
+        "--jobs", type=int, default=None, help="runs at once (default 1); each gets its share of CPU threads / GPUs"
+    )
+    run.add_argument(
+        "--runs-per-gpu",
+        type=int,
+        default=None,
+        help="pack N runs on each visible GPU at once (N x GPUs slots); without GPUs: N runs on the CPU",
+    )
     run.add_argument("--executor", choices=["local", "slurm"], default="local")
     run.add_argument("--dry-run", action="store_true", help="print the runs (local) or write sbatch previews (slurm)")
     run.add_argument("--command", help=f"command that runs one fit (default: {shlex.join(DEFAULT_COMMAND)})")
+    run.add_argument(
+        "--rerun-changed",
+        action="store_true",
+        help="when the study file changed runs that already ran: run those and their dependants again, moving "
+        "their old directories to OUT/replaced/<n>/",
+    )
+    run.add_argument(
+        "--restart-corrupt",
+        action="store_true",
+        help="a run whose checkpoints/last.ckpt is corrupt: move it to last.ckpt.corrupt-<n> and restart the run "
+        "from scratch (without this flag such a run fails with a message naming the file)",
+    )
     run.add_argument("--slurm-partition", default=None)
     run.add_argument("--slurm-time-min", type=int, default=24 * 60)
     run.add_argument("--slurm-cpus", type=int, default=4, help="CPU cores per run")
@@ -43,10 +65,22 @@ def _parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="tables, figures and report.md from the finished runs")
     report.add_argument("dir", help="study output directory")
     report.add_argument("--out", help="report directory (default: DIR/report)")
+    estimate = sub.add_parser("plan", help="expand a study and, given a measured throughput, estimate its time")
+    estimate.add_argument("study", help="study YAML file (docs/study.md)")
+    estimate.add_argument(
+        "--throughput",
+        required=True,
+        help="JSON file of a measurement: images_per_s_per_run, runs_per_gpu, gpus, device, source",
+    )
+    estimate.add_argument("--classes", type=int, default=10, help="classes of the dataset (default: CIFAR-10's 10)")
+    estimate.add_argument(
+        "--train-per-class", type=int, default=5000, help="training images per class (default: CIFAR-10's 5000)"
+    )
     one = sub.add_parser("run-one", help="run one run of a planned study (what a SLURM job executes)")
     one.add_argument("dir", help="study output directory")
     one.add_argument("run_id")
     one.add_argument("--command", help="command that runs one fit")
+    one.add_argument("--restart-corrupt", action="store_true", help="as for `study run`")
     return parser
 
 
@@ -54,15 +88,31 @@ def _prefix(command: str | None) -> list[str]:
     return shlex.split(command) if command else list(DEFAULT_COMMAND)
 
 
-def _prepare_out(plan: Plan, argv: list[str]) -> None:
+def _check_changes(plan: Plan, rerun_changed: bool) -> tuple[Plan | None, Changes]:
+    """The previous plan of ``--out`` and what the new one changes; refuses a changed run unless asked to redo it."""
     out = Path(plan.out_dir)
-    if (out / "plan.json").is_file():
-        previous = load_plan(out).name
-        if previous != plan.name:
-            raise ValueError(f"--out {out}: holds study {previous!r}, not {plan.name!r}; choose another directory")
+    if not (out / PLAN_FILE).is_file():
+        return None, Changes()
+    previous = load_plan(out)
+    if previous.name != plan.name:
+        raise ValueError(f"--out {out}: holds study {previous.name!r}, not {plan.name!r}; choose another directory")
+    changes = find_changes(previous, plan)
+    if changes.changed and not rerun_changed:
+        raise ValueError(describe_changes(changes, out))
+    return previous, changes
+
+
+def _prepare_out(plan: Plan, args: argparse.Namespace) -> None:
+    out = Path(plan.out_dir)
+    previous, changes = _check_changes(plan, args.rerun_changed)
+    if previous is not None and changes.changed:
+        target = set_aside(previous, changes.affected())
+        print(f"--rerun-changed: moved {len(changes.affected())} run(s) and the previous plan to {target}")
+    if changes.dropped:
+        print(f"note: {len(changes.dropped)} run(s) of the previous plan are no longer in the study (kept on disk)")
     out.mkdir(parents=True, exist_ok=True)
     with open(out / INVOCATIONS_FILE, "a") as handle:
-        handle.write(f"{now()}  cwd={Path.cwd()}  imbcompress study {shlex.join(argv)}\n")
+        handle.write(f"{now()}  cwd={Path.cwd()}  imbcompress study {shlex.join(args.argv)}\n")
     save_plan(plan)
     if Path(plan.study_path).is_file():
         shutil.copyfile(plan.study_path, out / "study.yaml")
@@ -84,14 +134,15 @@ def _sigterm_exits() -> Iterator[None]:
 def _run_local(plan: Plan, args: argparse.Namespace) -> int:
     prefix = _prefix(args.command)
     if args.dry_run:
+        _check_changes(plan, args.rerun_changed)
         for run in plan.runs:
             after = f"  # after {', '.join(run.deps)}" if run.deps else ""
             print(f"{run.id}:{after}\n  {shlex.join(run.command(prefix))}")
         print(f"{len(plan.runs)} run(s); nothing was started (--dry-run)")
         return 0
     with StudyLock(plan.out_dir), _sigterm_exits():  # lock first, so a refused second run changes nothing
-        _prepare_out(plan, args.argv)
-        states = run_plan(plan, prefix, jobs=args.jobs, lock=False)
+        _prepare_out(plan, args)
+        states = run_plan(plan, prefix, jobs=args.jobs, lock=False, restart_corrupt=args.restart_corrupt)
     counts = Counter(states.values())
     print("study finished: " + ", ".join(f"{state} {counts[state]}" for state in STATES if counts[state]))
     return 0 if counts["done"] == len(states) else FAILED_EXIT
@@ -100,9 +151,9 @@ def _run_local(plan: Plan, args: argparse.Namespace) -> int:
 def _run_slurm(plan: Plan, args: argparse.Namespace) -> int:
     params = SlurmParams(
         partition=args.slurm_partition, time_min=args.slurm_time_min, cpus_per_run=args.slurm_cpus,
-        gpus_per_run=args.slurm_gpus, mem_gb=args.slurm_mem_gb,
+        gpus_per_run=args.slurm_gpus, mem_gb=args.slurm_mem_gb, restart_corrupt=args.restart_corrupt,
     )  # fmt: skip
-    _prepare_out(plan, args.argv)
+    _prepare_out(plan, args)
     prefix = shlex.split(args.command) if args.command else None
     if args.dry_run:
         print(describe(write_dry_run(plan, params, prefix)))
@@ -112,13 +163,35 @@ def _run_slurm(plan: Plan, args: argparse.Namespace) -> int:
     return 0
 
 
+def _slots(jobs: int | None, runs_per_gpu: int | None) -> int:
+    """Runs at once: ``--jobs``, or ``--runs-per-gpu`` x the visible GPUs (x 1 without GPUs)."""
+    for name, value in (("--jobs", jobs), ("--runs-per-gpu", runs_per_gpu)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name}: invalid value {value} (allowed: an integer >= 1)")
+    if runs_per_gpu is None:
+        return jobs or 1
+    if jobs is not None:
+        raise ValueError(f"--jobs {jobs} and --runs-per-gpu {runs_per_gpu}: give one of them")
+    return runs_per_gpu * max(1, len(detect_gpus()))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """``study run``: validate, expand, then run locally or on SLURM."""
     study = load_study(args.study)
-    if args.jobs < 1:
-        raise ValueError(f"--jobs: invalid value {args.jobs} (allowed: an integer >= 1)")
+    args.jobs = _slots(args.jobs, args.runs_per_gpu)
     plan = expand(study, args.out or Path("studies") / study.name)
+    if not args.dry_run:
+        _validate(plan, _prefix(args.command))
     return _run_slurm(plan, args) if args.executor == "slurm" else _run_local(plan, args)
+
+
+def _validate(plan: Plan, prefix: list[str]) -> None:
+    """Parse the runs' fit configurations before anything starts (imports torch: only ``study run`` does this)."""
+    from imbcompress.study.validate import uses_imbcompress, validate_runs
+
+    if uses_imbcompress(prefix):
+        checked = validate_runs(plan)
+        print(f"checked the fit configuration of {checked} kind(s) of run: all parse")
 
 
 def _note(state: str, status: dict) -> str:
@@ -158,18 +231,29 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    """``study plan``: the runs of a study and its estimated time at a measured throughput (imports torch)."""
+    from imbcompress.study.estimate import describe_estimate, estimate, load_throughput
+
+    throughput = load_throughput(args.throughput)
+    plan = expand(load_study(args.study), Path("studies") / "estimate")  # directories are not used
+    result = estimate(plan, throughput, args.classes, args.train_per_class)
+    print(describe_estimate(plan, result, throughput, args.classes, args.train_per_class))
+    return 0
+
+
 def cmd_run_one(args: argparse.Namespace) -> int:
     """``study run-one``: one run in the foreground."""
     plan = load_plan(args.dir)
     runs = plan.by_id()
     if args.run_id not in runs:
         raise ValueError(f"run_id: unknown run {args.run_id!r} in {args.dir}")
-    state = execute_run(runs[args.run_id], _prefix(args.command))
+    state = execute_run(runs[args.run_id], _prefix(args.command), restart_corrupt=args.restart_corrupt)
     print(f"{args.run_id}: {state}")
     return 0 if state == "done" else FAILED_EXIT
 
 
-COMMANDS = {"run": cmd_run, "status": cmd_status, "report": cmd_report, "run-one": cmd_run_one}
+COMMANDS = {"run": cmd_run, "status": cmd_status, "report": cmd_report, "plan": cmd_plan, "run-one": cmd_run_one}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -59,9 +59,9 @@ def gap_figure(
 ) -> Path | None:
     """Gap (%) against rho (log axis), one panel per minority setting / profile, one line per configuration."""
     panels = _panels(variants)
-    if not panels:
-        return None
     gap = {(row["variant"], row["method"]): row["gap"] for row in summary}
+    if not panels or not gap:  # a partial study may have no imbalanced run paired with its balanced run yet
+        return None
     fig, axes = plt.subplots(
         1, len(panels), figsize=(4.2 * len(panels) + 1.8, 3.6), squeeze=False, sharey=True, layout="constrained"
     )
@@ -72,7 +72,8 @@ def gap_figure(
     handles: dict[str, Any] = {}
     for ax in axes[0]:
         handles.update(zip(*reversed(ax.get_legend_handles_labels())))
-    fig.legend(handles=list(handles.values()), labels=list(handles), loc="outside right upper", fontsize="small")
+    if handles:
+        fig.legend(handles=list(handles.values()), labels=list(handles), loc="outside right upper", fontsize="small")
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return Path(path)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import yaml
 
 from imbcompress.atomic import write_json_atomic
 from imbcompress.study.spec import KD_CLASS_PATH, LAST_CKPT, Method, Study, Variant
@@ -24,20 +27,28 @@ class Run:
     seed: int
     deps: list[str] = field(default_factory=list)
     configs: list[str] = field(default_factory=list)
+    config_sha256: dict[str, str] = field(default_factory=dict)
     callbacks: list[dict] = field(default_factory=list)
     args: list[str] = field(default_factory=list)
 
-    def command(self, command_prefix: list[str], resume: bool = False) -> list[str]:
-        """The full command line; with ``resume`` it continues from ``checkpoints/last.ckpt``."""
+    def command(self, command_prefix: list[str], resume: bool = False, fragment: str | None = None) -> list[str]:
+        """The full command line; with ``resume`` it continues from ``checkpoints/last.ckpt``.
+
+        ``fragment`` replaces the generated fragment's path (``RUN/study_fragment.yaml``), e.g. for validation.
+        """
         cmd = [*command_prefix, "fit"]
         for config in self.configs:
             cmd += ["--config", config]
         if self.callbacks:
-            cmd += ["--config", str(Path(self.dir) / GENERATED_FRAGMENT)]
+            cmd += ["--config", fragment or str(Path(self.dir) / GENERATED_FRAGMENT)]
         cmd += self.args
         if resume:
             cmd += ["--ckpt_path", str(Path(self.dir) / LAST_CKPT)]
         return cmd
+
+    def fragment_text(self) -> str:
+        """The generated config fragment that appends the run's inline callbacks (and its distillation teacher)."""
+        return yaml.safe_dump({"trainer": {"callbacks+": self.callbacks}}, sort_keys=False)
 
 
 @dataclass
@@ -62,6 +73,11 @@ def run_id(variant: Variant | dict, method: str, seed: int) -> str:
     """Stable id of a run, e.g. ``exponential-r100/qat_a3w3/seed0``."""
     key = variant.key if isinstance(variant, Variant) else variant["key"]
     return f"{key}/{method}/seed{seed}"
+
+
+def file_digests(paths: list[str]) -> dict[str, str]:
+    """SHA-256 of each existing config file, so a plan notices when a fragment's content changed."""
+    return {path: hashlib.sha256(Path(path).read_bytes()).hexdigest() for path in paths if Path(path).is_file()}
 
 
 def _distill_callback(teacher_dir: Path, distill: dict) -> dict:
@@ -90,6 +106,7 @@ def _make_run(study: Study, out_dir: Path, variant: Variant, method: Method, see
         seed=seed,
         deps=[run_id(variant, dep, seed) for dep in method.dependencies()],
         configs=[*study.base, *method.fragments],
+        config_sha256=file_digests([*study.base, *method.fragments]),
         callbacks=callbacks,
         args=args,
     )

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+import shutil
+import tempfile
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
@@ -12,7 +15,7 @@ from imbcompress.host import describe_host, host_text
 from imbcompress.study.aggregate import GUARD_POINTS, gap_summary
 from imbcompress.study.figures import gap_figure, heatmap_figure
 from imbcompress.study.plan import Plan
-from imbcompress.study.state import INVOCATIONS_FILE, plan_states, read_metrics, read_status
+from imbcompress.study.state import INVOCATIONS_FILE, STATES, plan_states, read_metrics, read_status
 from imbcompress.study.tables import Table, gap_tables, metric_tables, robustness_tables, size_table
 
 LONG_COLUMNS = [
@@ -124,9 +127,25 @@ def _machines(records: list[dict]) -> str:
     return _distinct(texts, "no finished runs")
 
 
+def _unfinished(states: dict[str, str]) -> list[str]:
+    """The "partial study" note: which runs have no results yet, by state (empty when every run is done)."""
+    missing = {state: [rid for rid, s in states.items() if s == state] for state in STATES if state != "done"}
+    if not any(missing.values()):
+        return []
+    done = sum(1 for s in states.values() if s == "done")
+    lines = [
+        f"**Partial study: {done} of {len(states)} runs have results.** Tables and figures use the finished runs "
+        "only; a cell without results shows –. Runs without results:",
+        "",
+    ]
+    lines += [f"- {state} ({len(ids)}): {', '.join(ids)}" for state, ids in missing.items() if ids]
+    return [*lines, ""]
+
+
 def _header(plan: Plan, records: list[dict]) -> list[str]:
-    counts = Counter(plan_states(plan).values())
-    state_text = ", ".join(f"{state} {counts[state]}" for state in ("done", "running", "failed", "blocked", "pending"))
+    states = plan_states(plan)
+    counts = Counter(states.values())
+    state_text = ", ".join(f"{state} {counts[state]}" for state in STATES)
     return [
         f"# Study report: {plan.name}",
         "",
@@ -146,6 +165,7 @@ def _header(plan: Plan, records: list[dict]) -> list[str]:
         f"left empty where |mean Δ_u| < {GUARD_POINTS} points; `gaps_long.csv` also has the per-seed ratio "
         "(mean±std over the seeds that pass the guard) and Δ_c − Δ_u in points.",
         "",
+        *_unfinished(states),
     ]
 
 
@@ -158,10 +178,34 @@ def _figures(plan: Plan, records, summary, class_names, methods, out: Path) -> l
     return [p for p in paths if p is not None]
 
 
-def write_report(plan: Plan, out_dir: str | Path | None = None, guard_points: float = GUARD_POINTS) -> Path:
-    """Aggregate a study directory into ``out_dir`` (default ``<study dir>/report``); returns report.md's path."""
-    out = Path(out_dir) if out_dir is not None else Path(plan.out_dir) / "report"
-    out.mkdir(parents=True, exist_ok=True)
+REPORT_SUFFIXES = (".md", ".csv", ".png")
+
+
+def _check_target(out: Path) -> None:
+    """Refuse to replace a directory that is not a previous report (it would be swapped out and removed)."""
+    if not out.exists():
+        return
+    if not out.is_dir() or any(p.is_dir() or p.suffix not in REPORT_SUFFIXES for p in out.iterdir()):
+        raise ValueError(
+            f"report directory {out}: exists and holds files a report does not write; choose another --out"
+        )
+
+
+def _swap_into_place(new: Path, out: Path) -> None:
+    """Put the complete new report directory where ``out`` is, replacing a previous report."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(new, 0o777 & ~umask)  # mkdtemp makes 0700; a report is as readable as any directory
+    if not out.exists():
+        new.rename(out)
+        return
+    previous = out.with_name(f".{out.name}.previous-{os.getpid()}")
+    out.rename(previous)
+    new.rename(out)
+    shutil.rmtree(previous)
+
+
+def _write_all(plan: Plan, out: Path, guard_points: float) -> Path:
     records, class_names = load_records(plan)
     methods = method_names(plan)
     summary = gap_summary(records, plan.reference, guard_points)
@@ -180,7 +224,29 @@ def write_report(plan: Plan, out_dir: str | Path | None = None, guard_points: fl
         lines += [table.markdown(), f"CSV: [{csv_path.name}]({csv_path.name})", ""]
     long_csv = write_long_csv(summary, out / "gaps_long.csv")
     lines += [f"All gap/robustness numbers: [{long_csv.name}]({long_csv.name})", "", "## Figures", ""]
-    lines += [f"![{path.stem}]({path.name})\n" for path in _figures(plan, records, summary, class_names, methods, out)]
+    figures = _figures(plan, records, summary, class_names, methods, out)
+    if not any(path.name == "gap_vs_rho.png" for path in figures):
+        lines += ["(No gap figure: no imbalanced run has a finished balanced run of the same method and seed.)", ""]
+    lines += [f"![{path.stem}]({path.name})\n" for path in figures]
     report = out / "report.md"
     report.write_text("\n".join(lines))
     return report
+
+
+def write_report(plan: Plan, out_dir: str | Path | None = None, guard_points: float = GUARD_POINTS) -> Path:
+    """Aggregate a study directory into ``out_dir`` (default ``<study dir>/report``); returns report.md's path.
+
+    A partial study reports the finished runs and lists the others. Everything is written into a temporary
+    directory beside ``out_dir`` first, which then replaces it: a failure leaves the previous report (or nothing).
+    """
+    out = Path(out_dir) if out_dir is not None else Path(plan.out_dir) / "report"
+    _check_target(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
+    try:
+        _write_all(plan, staging, guard_points)
+        _swap_into_place(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out / "report.md"

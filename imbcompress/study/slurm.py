@@ -33,6 +33,7 @@ class SlurmParams:
         gpus_per_run: GPUs per run; more than one means DDP inside the run (set ``--trainer.devices`` to match).
         mem_gb: memory per run, GB.
         additional: extra ``#SBATCH`` parameters (e.g. ``{"account": "proj"}``).
+        restart_corrupt: jobs restart a run whose ``last.ckpt`` is corrupt from scratch (``--restart-corrupt``).
     """
 
     partition: str | None = None
@@ -41,6 +42,7 @@ class SlurmParams:
     gpus_per_run: int = 1
     mem_gb: int = 16
     additional: dict[str, Any] = field(default_factory=dict)
+    restart_corrupt: bool = False
 
     def __post_init__(self) -> None:
         for name in ("time_min", "cpus_per_run", "mem_gb"):
@@ -56,7 +58,7 @@ def job_command(plan: Plan, run: Run, params: SlurmParams, command_prefix: list[
     cmd = ["env", threads, sys.executable, "-m", "imbcompress.study.cli", "run-one", plan.out_dir, run.id]
     if command_prefix:
         cmd += ["--command", shlex.join(command_prefix)]
-    return cmd
+    return cmd + (["--restart-corrupt"] if params.restart_corrupt else [])
 
 
 def job_specs(plan: Plan, params: SlurmParams, command_prefix: list[str] | None = None) -> list[dict]:

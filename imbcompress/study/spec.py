@@ -1,8 +1,8 @@
-"""Study files: parse and validate a study YAML, expand it into runs with dependencies.
+"""Study files: read and validate a study YAML into a :class:`Study` (expanding it into runs is ``plan.py``).
 
 A study is (balanced + imbalance variants) x methods x seeds. Everything is checked before any run starts:
-unknown keys, bad values, missing fragment files, unknown dependency names and dependency cycles all raise a
-``ValueError`` that names the key and the value.
+unknown or duplicate keys, bad values, missing fragment files, unknown dependency names and dependency cycles
+all raise a ``ValueError`` that names the key and the value.
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ from typing import Any
 
 import yaml
 
+from imbcompress.names import HEADS, PROFILES
+from imbcompress.yamlio import DuplicateKeyError, load_yaml_file
+
 TOP_KEYS = ("name", "description", "base", "args", "imbalance", "methods", "reference", "seeds")
 VARIANT_KEYS = ("profile", "ratio", "minority_classes", "head")
 METHOD_KEYS = ("fragments", "callbacks", "init_from", "teacher", "distill", "args", "bits", "label")
 DISTILL_KEYS = ("alpha", "temperature")
-PROFILES = ("balanced", "step", "linear", "exponential")
-HEADS = ("first", "last")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.+-]+$")
 KD_CLASS_PATH = "imbcompress.callbacks.KnowledgeDistillation"
 LAST_CKPT = "checkpoints/last.ckpt"
@@ -298,6 +299,10 @@ def load_study(path: str | Path, check_files: bool = True) -> Study:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"study file {path}: not found")
-    with open(path) as handle:
-        data = yaml.safe_load(handle)
+    try:
+        data = load_yaml_file(path)
+    except DuplicateKeyError as error:  # the message names the file, the key and the line
+        raise ValueError(f"study file {error}") from None
+    except yaml.YAMLError as error:
+        raise ValueError(f"study file {path}: not valid YAML: {error}") from None
     return parse_study(data, str(path), check_files)

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
+import zipfile
 from collections import deque
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
 
 from imbcompress.atomic import write_json_atomic
+from imbcompress.locks import FileLock, holder
+from imbcompress.names import METRICS_FILE, SCHEMA_VERSION
 from imbcompress.study.plan import Plan, Run
 from imbcompress.study.spec import LAST_CKPT
 
-METRICS_FILE = "metrics.json"
 STATUS_FILE = "run_status.json"
 LOG_FILE = "run.log"
 LOCK_FILE = ".study.lock"
@@ -29,13 +28,23 @@ def now() -> str:
 
 
 def read_metrics(run_dir: str | Path) -> dict | None:
-    """The run's ``metrics.json`` if it exists and parses completely (with a test macro-F1), else None."""
+    """The run's ``metrics.json`` if it exists and parses completely (with a test macro-F1), else None.
+
+    Raises:
+        ValueError: the file's ``schema_version`` is newer than this code understands (naming the file).
+    """
     path = Path(run_dir) / METRICS_FILE
     try:
         with open(path) as handle:
             data = json.load(handle)
     except (OSError, ValueError):
         return None
+    version = data.get("schema_version", 1) if isinstance(data, dict) else None
+    if isinstance(version, int) and version > SCHEMA_VERSION:
+        raise ValueError(
+            f"{path}: schema_version {version} is newer than this imbcompress understands ({SCHEMA_VERSION}); "
+            "read it with the imbcompress version that wrote it, or upgrade"
+        )
     test = data.get("test") if isinstance(data, dict) else None
     if not isinstance(test, dict) or not isinstance(test.get("macro_f1"), int | float):
         return None
@@ -50,6 +59,34 @@ def is_done(run_dir: str | Path) -> bool:
 def has_checkpoint(run_dir: str | Path) -> bool:
     """Whether an interrupted run left a checkpoint to resume from."""
     return (Path(run_dir) / LAST_CKPT).is_file()
+
+
+def checkpoint_problem(run_dir: str | Path) -> str | None:
+    """Why the run's ``last.ckpt`` cannot be resumed from (truncated, not a zip archive, a CRC error), or None.
+
+    ``torch.save`` writes a zip archive; reading every member's CRC catches a truncated or damaged file without
+    importing torch.
+    """
+    path = Path(run_dir) / LAST_CKPT
+    if not zipfile.is_zipfile(path):
+        return "not a complete zip archive (truncated, or not written by torch.save)"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        return f"unreadable archive: {error}"
+    return None if bad is None else f"member {bad!r} fails its CRC check"
+
+
+def set_checkpoint_aside(run_dir: str | Path) -> Path:
+    """Rename a corrupt ``last.ckpt`` to ``last.ckpt.corrupt-<n>`` (the first free n) and return the new path."""
+    path = Path(run_dir) / LAST_CKPT
+    number = 1
+    while path.with_name(f"{path.name}.corrupt-{number}").exists():
+        number += 1
+    target = path.with_name(f"{path.name}.corrupt-{number}")
+    path.rename(target)
+    return target
 
 
 def read_status(run_dir: str | Path) -> dict:
@@ -78,61 +115,21 @@ def log_tail(run_dir: str | Path, lines: int = LOG_TAIL_LINES) -> str:
         return ""
 
 
-class StudyLock:
-    """An exclusive lock on a study output directory, so two ``study run``s never drive the same runs.
-
-    The lock is an ``flock`` on ``DIR/.study.lock``: the kernel drops it when the holder dies, so a killed
-    study never leaves a stale lock behind.
+class StudyLock(FileLock):
+    """An exclusive lock on a study output directory (``DIR/.study.lock``), so two ``study run``s never drive
+    the same runs. A killed study never leaves a stale lock behind (see :mod:`imbcompress.locks`).
 
     Args:
         out_dir: the study output directory.
     """
 
     def __init__(self, out_dir: str | Path) -> None:
-        self.path = Path(out_dir) / LOCK_FILE
-        self._handle: IO[str] | None = None
-
-    def acquire(self) -> None:
-        """Take the lock or raise ``RuntimeError`` naming the holder."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            handle.close()
-            raise RuntimeError(
-                f"another `study run` is using {self.path.parent} (lock {self.path} held by {holder})"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} since {now()}\n")
-        handle.flush()
-        self._handle = handle
-
-    def release(self) -> None:
-        """Drop the lock."""
-        if self._handle is not None:
-            fcntl.flock(self._handle, fcntl.LOCK_UN)
-            self._handle.close()
-            self._handle = None
-
-    def __enter__(self) -> StudyLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+        super().__init__(Path(out_dir) / LOCK_FILE, f"another `study run` is using {out_dir}")
 
 
 def lock_held(out_dir: str | Path) -> bool:
     """Whether some process holds the study lock right now."""
-    try:
-        with StudyLock(out_dir):
-            return False
-    except RuntimeError:
-        return True
+    return holder(Path(out_dir) / LOCK_FILE) is not None
 
 
 def run_state(run: Run, states: dict[str, str], study_active: bool) -> str:

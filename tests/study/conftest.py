@@ -39,7 +39,7 @@ def fake_env(tmp_path, monkeypatch):
     """Route the fake fit's call log into the test's directory; returns a reader of the recorded calls."""
     log = tmp_path / "calls.jsonl"
     monkeypatch.setenv("FAKE_FIT_LOG", str(log))
-    for name in ("FAKE_FIT_FAIL", "FAKE_FIT_DIE", "FAKE_FIT_HANG"):
+    for name in ("FAKE_FIT_FAIL", "FAKE_FIT_DIE", "FAKE_FIT_HANG", "FAKE_FIT_SECONDS", "FAKE_SMI_DIR"):
         monkeypatch.delenv(name, raising=False)
 
     def calls() -> list[dict]:

@@ -1,9 +1,11 @@
 """A stand-in for ``imbcompress fit`` used by the study tests.
 
-It checks what a real fit would need (config files and dependency checkpoints exist), records its call,
-writes ``checkpoints/last.ckpt`` and then an atomic ``metrics.json``. Environment switches (substrings of
-the run directory): ``FAKE_FIT_FAIL`` exits 3, ``FAKE_FIT_DIE`` SIGKILLs itself after the checkpoint,
-``FAKE_FIT_HANG`` sleeps after the checkpoint (until killed) unless resuming.
+It locks the run directory, checks what a real fit would need (config files and dependency checkpoints
+exist), records its call, writes ``checkpoints/last.ckpt`` (a zip archive, as torch.save) and then an atomic
+``metrics.json``. Environment switches (substrings of the run directory): ``FAKE_FIT_FAIL`` exits 3,
+``FAKE_FIT_DIE`` SIGKILLs itself after the checkpoint, ``FAKE_FIT_HANG`` sleeps after the checkpoint (until
+killed) unless resuming. ``FAKE_FIT_SECONDS`` makes every fit last that long; with ``FAKE_SMI_DIR`` each fit
+writes a line for the fake ``nvidia-smi`` of the packing test.
 """
 
 import json
@@ -11,7 +13,10 @@ import os
 import signal
 import sys
 import time
+import zipfile
 from pathlib import Path
+
+from imbcompress.locks import LockHeld, hold_run_dir_lock
 
 
 def option(argv: list[str], name: str) -> str | None:
@@ -54,6 +59,11 @@ def fake_metrics(argv: list[str]) -> dict:
 def main(argv: list[str]) -> int:
     run_dir = Path(option(argv, "--run_dir"))
     resume = option(argv, "--ckpt_path")
+    try:
+        hold_run_dir_lock(run_dir)  # as the real fit does
+    except LockHeld as held:
+        print(f"fake fit: {held}", file=sys.stderr)
+        return 5
     record = {"run_dir": str(run_dir), "resume": resume, "omp": os.environ.get("OMP_NUM_THREADS"), "argv": argv}
     with open(os.environ["FAKE_FIT_LOG"], "a") as log:
         log.write(json.dumps(record) + "\n")
@@ -65,9 +75,14 @@ def main(argv: list[str]) -> int:
         print("boom: simulated failure", file=sys.stderr)
         return 3
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    (run_dir / "checkpoints" / "last.ckpt").write_text("half-trained")
+    with zipfile.ZipFile(run_dir / "checkpoints" / "last.ckpt", "w") as ckpt:  # torch.save writes a zip archive
+        ckpt.writestr("archive/data.pkl", "half-trained")
     if matches("FAKE_FIT_DIE", str(run_dir)):
         os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get("FAKE_SMI_DIR"):  # what the fake nvidia-smi reports: this process uses 300 MiB
+        (Path(os.environ["FAKE_SMI_DIR"]) / str(os.getpid())).write_text(f"{os.getpid()}, 300\n")
+    if os.environ.get("FAKE_FIT_SECONDS"):
+        time.sleep(float(os.environ["FAKE_FIT_SECONDS"]))
     if matches("FAKE_FIT_HANG", str(run_dir)) and not resume:
         (run_dir / "hanging").write_text("yes")
         time.sleep(120)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from imbcompress.study.cli import main
-from imbcompress.study.plan import expand, save_plan
+from imbcompress.study.plan import expand, load_plan, save_plan
 from imbcompress.study.spec import load_study
 
 from .conftest import write_study
@@ -105,3 +105,55 @@ def test_report_to_another_directory(study_dir, tmp_path):
     assert main(["report", str(study_dir), "--out", str(tmp_path / "elsewhere")]) == 0
     assert (tmp_path / "elsewhere" / "report.md").is_file()
     assert not (study_dir / "report").exists()
+
+
+def test_partial_study_reports_what_finished_and_lists_the_rest(tmp_path):
+    plan = expand(load_study(write_study(tmp_path)), tmp_path / "out")
+    save_plan(plan)
+    for run in plan.runs:
+        if run.variant["key"] == "balanced" and run.method == "fp32":
+            write_metrics(run, 0.8)
+    assert main(["report", plan.out_dir]) == 0
+    report = (Path(plan.out_dir) / "report" / "report.md").read_text()
+    assert "**Partial study: 1 of 6 runs have results.**" in report
+    assert "- pending (5): exponential-r100/fp32/seed0, balanced/prune/seed0, exponential-r100/prune/seed0" in report
+    assert "No gap figure" in report and not (Path(plan.out_dir) / "report" / "gap_vs_rho.png").exists()
+    assert (Path(plan.out_dir) / "report" / "per_class_f1_balanced.png").is_file()
+
+
+def test_report_is_written_completely_or_not_at_all(study_dir, monkeypatch):
+    from imbcompress.study import report as report_module
+
+    assert main(["report", str(study_dir)]) == 0
+    before = {p.name: p.read_bytes() for p in (study_dir / "report").iterdir()}
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("figure failed")
+
+    monkeypatch.setattr(report_module, "heatmap_figure", broken)
+    with pytest.raises(RuntimeError, match="figure failed"):
+        report_module.write_report(load_plan(study_dir))
+    assert {p.name: p.read_bytes() for p in (study_dir / "report").iterdir()} == before  # the previous report
+    assert sorted(p.name for p in study_dir.iterdir() if p.name.startswith(".")) == []  # no staging left
+    fresh = study_dir / "fresh"
+    with pytest.raises(RuntimeError):
+        report_module.write_report(load_plan(study_dir), fresh)
+    assert not fresh.exists()
+
+
+def test_report_refuses_to_replace_a_directory_that_is_not_a_report(study_dir, capsys):
+    (study_dir / "notes").mkdir()
+    (study_dir / "notes" / "todo.txt").write_text("keep me")
+    assert main(["report", str(study_dir), "--out", str(study_dir / "notes")]) == 2
+    assert "holds files a report does not write" in capsys.readouterr().err
+    assert (study_dir / "notes" / "todo.txt").read_text() == "keep me"
+
+
+def test_metrics_with_a_newer_schema_are_refused_naming_the_file(study_dir, capsys):
+    plan = load_plan(study_dir)
+    path = Path(plan.runs[0].dir) / "metrics.json"
+    metrics = json.loads(path.read_text())
+    path.write_text(json.dumps({**metrics, "schema_version": 2}))
+    assert main(["report", str(study_dir)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: schema_version 2 is newer than this imbcompress understands (1)" in err

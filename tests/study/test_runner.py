@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from imbcompress.study.attempt import launch, lost_attempt_seconds
 from imbcompress.study.cli import main
 from imbcompress.study.plan import expand, load_plan
-from imbcompress.study.runner import detect_gpus, launch, lost_attempt_seconds, run_plan, slot_envs
+from imbcompress.study.scheduler import detect_gpus, run_plan, slot_envs
 from imbcompress.study.spec import load_study
 from imbcompress.study.state import StudyLock, plan_states, read_status, update_status
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from imbcompress.study.attempt import execute_run
 from imbcompress.study.cli import main
 from imbcompress.study.plan import expand, load_plan
-from imbcompress.study.runner import execute_run
 from imbcompress.study.slurm import SlurmParams, submit
 from imbcompress.study.spec import load_study
 

@@ -117,3 +117,10 @@ def test_committed_study_files_parse(name, variants, methods, seeds):
 @pytest.mark.parametrize("name", ["c24_resnet20", "climbq_cifar10lt", "cpu_mini"])
 def test_committed_study_fragments_exist(name):
     load_study(REPO / "configs" / "studies" / f"{name}.yaml")  # raises when a named fragment is missing
+
+
+def test_shared_names_match_the_data_module():
+    from imbcompress import names
+    from imbcompress.data.imbalance import HEADS, PROFILES
+
+    assert (names.PROFILES, names.HEADS) == (PROFILES, HEADS)

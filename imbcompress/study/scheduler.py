@@ -1,36 +1,35 @@
-"""Run a study's plan locally: dependency order, several runs at once, resume, failure isolation."""
+"""Decide what runs when and where: dependency order, concurrent slots (CPU thread shares or GPUs), stopping.
+
+Each attempt itself is :mod:`imbcompress.study.attempt`.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
-import yaml
-
-from imbcompress.atomic import atomic_write
-from imbcompress.study.plan import GENERATED_FRAGMENT, Plan, Run, save_plan
-from imbcompress.study.spec import LAST_CKPT
-from imbcompress.study.state import (
-    LOG_FILE,
-    StudyLock,
-    has_checkpoint,
-    is_done,
-    log_tail,
-    now,
-    read_status,
-    update_status,
+from imbcompress.locks import LockHeld
+from imbcompress.study.attempt import (
+    DEFAULT_COMMAND,
+    TERMINATE_GRACE_SECONDS,
+    CorruptCheckpoint,
+    end_attempt,
+    finalize,
+    launch,
+    signal_group,
+    stop_process_group,
 )
+from imbcompress.study.plan import Plan, Run, save_plan
+from imbcompress.study.state import StudyLock, is_done, read_status, update_status
+from imbcompress.study.usage import GpuPeaks, peak_rss_mib, wait_with_usage
 
-DEFAULT_COMMAND = [sys.executable, "-m", "imbcompress"]
 POLL_SECONDS = 0.2
-TERMINATE_GRACE_SECONDS = 10.0
 
 
 def detect_gpus() -> list[int]:
@@ -79,88 +78,6 @@ def slot_envs(jobs: int, gpus: list[int], cpus: int | None = None) -> list[dict[
     return envs
 
 
-def prepare_run(run: Run) -> None:
-    """Create the run directory and write its generated fragment (inline callbacks, the distillation teacher)."""
-    Path(run.dir).mkdir(parents=True, exist_ok=True)
-    if run.callbacks:
-        fragment = {"trainer": {"callbacks+": run.callbacks}}
-        text = yaml.safe_dump(fragment, sort_keys=False).encode()
-        atomic_write(Path(run.dir) / GENERATED_FRAGMENT, lambda handle: handle.write(text))
-
-
-def lost_attempt_seconds(run_dir: str | Path, status: dict) -> float:
-    """Run time of an attempt whose end was never recorded, or 0.
-
-    That happens when the study process died together with the run (SIGKILL, the machine stopped): the status still
-    says ``running``. The attempt lasted at least from its start to its last write (its log or checkpoint), which is
-    what is counted.
-    """
-    if status.get("state") != "running" or not status.get("started"):
-        return 0.0
-    writes = [Path(run_dir) / LOG_FILE, Path(run_dir) / LAST_CKPT]
-    last = max((path.stat().st_mtime for path in writes if path.exists()), default=None)
-    if last is None:
-        return 0.0
-    return max(0.0, round(last - datetime.fromisoformat(status["started"]).timestamp(), 1))
-
-
-def launch(run: Run, command_prefix: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start one run as a subprocess, resuming from its last checkpoint when it has one.
-
-    The log is appended to, so the output of earlier attempts is kept. The run time of an earlier attempt that was
-    lost without a record (:func:`lost_attempt_seconds`) is added to ``total_s`` here.
-    """
-    if is_done(run.dir):
-        raise RuntimeError(f"run {run.id} is finished; refusing to start it again")
-    prepare_run(run)
-    resume = has_checkpoint(run.dir)
-    cmd = run.command(command_prefix, resume=resume)
-    previous = read_status(run.dir)
-    attempt = int(previous.get("attempt", 0)) + 1
-    total = round(float(previous.get("total_s") or 0.0) + lost_attempt_seconds(run.dir, previous), 1)
-    with open(Path(run.dir) / LOG_FILE, "a") as log:
-        log.write(f"\n=== attempt {attempt} at {now()} ({'resume' if resume else 'start'}) ===\n$ {' '.join(cmd)}\n")
-        log.flush()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-    update_status(
-        run.dir, state="running", attempt=attempt, resumed=resume, pid=proc.pid, command=cmd, started=now(),
-        first_started=previous.get("first_started") or now(), returncode=None, error=None, total_s=total,
-    )  # fmt: skip
-    return proc
-
-
-def _end_attempt(run: Run, started: float, **fields: object) -> None:
-    """Record the end of an attempt: ``fields`` plus its duration, added to the run's ``total_s``."""
-    duration = round(time.monotonic() - started, 1)
-    total = round(float(read_status(run.dir).get("total_s") or 0.0) + duration, 1)
-    update_status(run.dir, ended=now(), duration_s=duration, total_s=total, **fields)
-
-
-def finalize(run: Run, returncode: int, started: float) -> str:
-    """Record how a finished subprocess ended; returns ``done`` or ``failed``."""
-    if returncode == 0 and is_done(run.dir):
-        _end_attempt(run, started, state="done", returncode=0)
-        return "done"
-    error = f"exit code {returncode}" if returncode != 0 else "exit code 0 but metrics.json is missing or incomplete"
-    _end_attempt(run, started, state="failed", returncode=returncode, error=error, log_tail=log_tail(run.dir))
-    return "failed"
-
-
-def execute_run(run: Run, command_prefix: list[str] | None = None, env: dict[str, str] | None = None) -> str:
-    """Run one run to completion in the foreground (what a SLURM job does); returns its final state."""
-    if is_done(run.dir):
-        return "done"
-    plan_root = Path(run.dir).parents[3]
-    missing = [dep for dep in run.deps if not is_done(plan_root / "runs" / dep)]
-    if missing:
-        Path(run.dir).mkdir(parents=True, exist_ok=True)
-        update_status(run.dir, state="blocked", error=f"dependencies not finished: {', '.join(missing)}")
-        return "blocked"
-    started = time.monotonic()
-    proc = launch(run, command_prefix or DEFAULT_COMMAND, env)
-    return finalize(run, proc.wait(), started)
-
-
 @dataclass
 class _Active:
     run: Run
@@ -179,6 +96,7 @@ class LocalScheduler:
         jobs: runs at once; each gets ``cpus // jobs`` threads, or its share of the GPUs.
         gpus: GPU indices to share out (default: detected).
         echo: where progress lines go.
+        restart_corrupt: move a corrupt ``last.ckpt`` aside and restart its run from scratch (else the run fails).
     """
 
     plan: Plan
@@ -186,9 +104,12 @@ class LocalScheduler:
     jobs: int = 1
     gpus: list[int] | None = None
     echo: Callable[[str], None] = print
+    restart_corrupt: bool = False
 
     def __post_init__(self) -> None:
         self.envs = slot_envs(self.jobs, detect_gpus() if self.gpus is None else self.gpus)
+        self.gpu_slots = any("CUDA_VISIBLE_DEVICES" in env for env in self.envs)
+        self.gpu_peaks = GpuPeaks()
         self.states: dict[str, str] = {}
         self.active: dict[str, _Active] = {}
 
@@ -212,36 +133,40 @@ class LocalScheduler:
             if all(self.states.get(dep) == "done" for dep in run.deps):
                 slot = free.pop(0)
                 try:
-                    proc = launch(run, self.command_prefix, self.envs[slot])
-                except OSError as error:  # e.g. the command does not exist: this run fails, the study goes on
+                    proc = launch(run, self.command_prefix, self.envs[slot], self.restart_corrupt)
+                except (OSError, LockHeld, CorruptCheckpoint) as error:  # this run fails, the study goes on
                     self.states[run.id] = "failed"
                     update_status(run.dir, state="failed", returncode=None, error=f"could not start: {error}")
                     self.echo(f"[failed] {run.id} (could not start: {error})")
                     free.insert(0, slot)
                     continue
                 self.active[run.id] = _Active(run, proc, slot, time.monotonic())
-                self.echo(f"[start] {run.id} (pid {proc.pid})")
+                update_status(run.dir, slot=slot, cuda_visible_devices=self.envs[slot].get("CUDA_VISIBLE_DEVICES"))
+                how = str(read_status(run.dir).get("start_mode"))
+                self.echo(f"[start] {run.id} (pid {proc.pid}{'; ' + how if how.startswith('restart') else ''})")
 
     def _reap(self) -> bool:
-        finished = [a for a in self.active.values() if a.proc.poll() is not None]
-        for item in finished:
+        self.gpu_peaks.sample([item.proc.pid for item in self.active.values()] if self.gpu_slots else [])
+        finished = []
+        for item in list(self.active.values()):
+            usage = wait_with_usage(item.proc, block=False)
+            if item.proc.returncode is not None:
+                finished.append((item, usage))
+        for item, usage in finished:
             del self.active[item.run.id]
-            state = finalize(item.run, item.proc.returncode, item.started)
+            memory = {"peak_rss_mib": peak_rss_mib(usage), "peak_gpu_mib": self.gpu_peaks.pop(item.proc.pid)}
+            state = finalize(item.run, item.proc.returncode, item.started, **memory)
             self.states[item.run.id] = state
             self.echo(f"[{state}] {item.run.id}" + ("" if state == "done" else f" (exit {item.proc.returncode})"))
         return bool(finished)
 
     def _stop_all(self) -> None:
         for item in self.active.values():
-            item.proc.terminate()
+            signal_group(item.proc, signal.SIGTERM)
         deadline = time.monotonic() + TERMINATE_GRACE_SECONDS
         for item in self.active.values():
-            try:
-                item.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                item.proc.kill()
-                item.proc.wait()
-            _end_attempt(item.run, item.started, state="interrupted", returncode=item.proc.returncode)
+            stop_process_group(item.proc, max(0.1, deadline - time.monotonic()))
+            end_attempt(item.run, item.started, state="interrupted", returncode=item.proc.returncode)
         self.active.clear()
 
     def run(self) -> dict[str, str]:
@@ -270,12 +195,13 @@ def run_plan(
     gpus: list[int] | None = None,
     echo: Callable[[str], None] = print,
     lock: bool = True,
+    restart_corrupt: bool = False,
 ) -> dict[str, str]:
     """Run a plan (see :class:`LocalScheduler`); returns the state of every run.
 
     With ``lock`` the study lock is taken here; pass False when the caller already holds it.
     """
-    scheduler = LocalScheduler(plan, list(command_prefix or DEFAULT_COMMAND), jobs, gpus, echo)
+    scheduler = LocalScheduler(plan, list(command_prefix or DEFAULT_COMMAND), jobs, gpus, echo, restart_corrupt)
     if not lock:
         save_plan(plan)
         return scheduler.run()

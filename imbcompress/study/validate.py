@@ -1,0 +1,117 @@
+"""Check every run's full fit configuration before the first run starts, by parsing it as ``fit`` will.
+
+Parsing goes through the same LightningCLI parser as ``imbcompress fit`` (config files, ``class_path`` imports,
+argument types), without instantiating anything: no data is read and no checkpoint is needed, so a run whose
+dependencies have not trained yet can still be checked. Imports torch and Lightning, so only ``study run`` uses it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from imbcompress.study.plan import Plan, Run
+from imbcompress.study.state import is_done
+
+SHOWN_PROBLEMS = 5
+
+
+def uses_imbcompress(command_prefix: list[str]) -> bool:
+    """Whether the fit command is imbcompress's own (``python -m imbcompress``, ``imbcompress``): its parser applies."""
+    return command_prefix[-2:] == ["-m", "imbcompress"] or Path(command_prefix[-1]).name == "imbcompress"
+
+
+def _parse_only_cli() -> Any:
+    from imbcompress.cli import ImbCompressCLI
+
+    class ParseOnly(ImbCompressCLI):
+        """The fit's CLI stopped after parsing: nothing is instantiated, nothing is locked or written."""
+
+        def before_instantiate_classes(self) -> None:
+            pass
+
+        def instantiate_classes(self) -> None:
+            pass
+
+    return ParseOnly
+
+
+def parse_error(args: list[str]) -> str | None:
+    """The parser's error for the arguments of ``fit`` (without the word ``fit``), or None when they parse."""
+    return parse_fit_args(args)[1]
+
+
+def parse_fit_args(args: list[str]) -> tuple[Any, str | None]:
+    """The parsed configuration of the arguments of ``fit`` (without the word ``fit``), or None and the error."""
+    from imbcompress.cli import run_cli
+
+    stderr = io.StringIO()
+    seed_logger = logging.getLogger("lightning.fabric.utilities.seed")
+    level = seed_logger.level
+    seed_logger.setLevel(logging.WARNING)  # "Seed set to 0" once per run is noise here
+    try:
+        with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+            cli = run_cli(args, run=False, cli_class=_parse_only_cli())
+    except SystemExit:
+        text = stderr.getvalue()
+        message = text[text.rindex("error:") + len("error:") :] if "error:" in text else text[-2000:]
+        # the parser repeats the whole value (with run-specific paths): the lines above it say what is wrong
+        lines = [line for line in message.strip().splitlines() if not line.strip().startswith("Given value")]
+        return None, "\n".join(lines)
+    finally:
+        seed_logger.setLevel(level)
+    return cli.config, None
+
+
+def parse_run(run: Run, scratch: Path) -> tuple[Any, str | None]:
+    """One run's parsed configuration (its generated fragment written under ``scratch``), or None and the error."""
+    fragment = None
+    if run.callbacks:
+        fragment = scratch / f"{run.id.replace('/', '__')}.yaml"
+        fragment.write_text(run.fragment_text())
+    return parse_fit_args(run.command([], fragment=str(fragment) if fragment else None)[1:])  # drop "fit"
+
+
+def run_problem(run: Run, scratch: Path) -> str | None:
+    """The parse error of one run's configuration, or None."""
+    return parse_run(run, scratch)[1]
+
+
+def shape(run: Run) -> tuple:
+    """Runs of the same shape differ only in values the study file validates itself (ratio, minority count,
+    seed) and in paths (their directory, their dependencies'), so they parse alike: one of each is parsed."""
+    variant = run.variant
+    return (run.method, variant["profile"], variant["head"], variant["minority_classes"] is None)
+
+
+def validate_runs(plan: Plan) -> int:
+    """Parse the configuration of each shape of unfinished run (:func:`shape`); returns how many were parsed.
+
+    Raises:
+        ValueError: listing each problem with the runs it affects (nothing has been started or written).
+    """
+    problems: dict[str, list[str]] = {}
+    representatives: dict[tuple, Run] = {}
+    for run in plan.runs:
+        if not is_done(run.dir):
+            representatives.setdefault(shape(run), run)
+    with tempfile.TemporaryDirectory(prefix="imbcompress-validate-") as scratch:
+        for key, run in representatives.items():
+            problem = run_problem(run, Path(scratch))
+            if problem is not None:
+                problems.setdefault(problem, []).extend(r.id for r in plan.runs if shape(r) == key)
+    if problems:
+        lines = [
+            f"{len(ids)} run(s) (e.g. {ids[0]}): " + problem.replace("\n", "\n    ")
+            for problem, ids in problems.items()
+        ]
+        more = len(lines) - SHOWN_PROBLEMS
+        shown = lines[:SHOWN_PROBLEMS] + ([f"... and {more} more problem(s)"] if more > 0 else [])
+        raise ValueError(
+            "the fit configuration of some runs does not parse (nothing was started):\n  " + "\n  ".join(shown)
+        )
+    return len(representatives)
