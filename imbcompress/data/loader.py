@@ -27,9 +27,9 @@ from imbcompress.data.imbalance import derive_seed
 from imbcompress.remedies.sampling import check_sampler, class_probabilities, sample_with_replacement
 
 Batch = tuple[Tensor, Tensor]
-_STATE_KEYS = ("num_samples", "batch_size", "world_size", "seed", "sampler", "sampler_switch_epoch")
+_STATE_KEYS = ("num_samples", "batch_size", "world_size", "seed", "sampling", "sampling_switch_epoch")
 # What a state saved before the sampler option existed means.
-_STATE_DEFAULTS = {"sampler": "instance_balanced", "sampler_switch_epoch": None}
+_STATE_DEFAULTS = {"sampling": "instance_balanced", "sampling_switch_epoch": None}
 
 
 class TensorBatchLoader:
@@ -92,8 +92,9 @@ class TensorBatchLoader:
         self.world_size = world_size
         self.epoch_fn = epoch_fn
         check_sampler(sampler, sampler_switch_epoch, max_epochs)
-        self.sampler = sampler
-        self.sampler_switch_epoch = sampler_switch_epoch
+        # Not named ``sampler``: Lightning reads a loader's ``sampler`` attribute as a torch Sampler.
+        self.sampling = sampler
+        self.sampling_switch_epoch = sampler_switch_epoch
         self.max_epochs = max_epochs
         self._epoch = 0
         self._batches_yielded = 0  # in epoch self._epoch
@@ -145,10 +146,10 @@ class TensorBatchLoader:
         """The epoch's n sample indices: a permutation, or draws with replacement from the class probabilities."""
         labels = self.labels.cpu()
         probabilities = None
-        if self.sampler != "instance_balanced":
+        if self.sampling != "instance_balanced":
             counts = torch.bincount(labels).tolist()
             probabilities = class_probabilities(
-                self.sampler, counts, epoch, self.max_epochs, self.sampler_switch_epoch
+                self.sampling, counts, epoch, self.max_epochs, self.sampling_switch_epoch
             )
         if probabilities is None:
             return torch.randperm(self.num_samples, generator=generator)

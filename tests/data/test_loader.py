@@ -174,16 +174,16 @@ def test_resampled_state_resumes_with_the_remaining_batches(sampler: str, switch
     again = make()
     again.load_state_dict(loader.state_dict())
     assert taken + ids(again) == expected
-    assert loader.state_dict()["sampler"] == sampler
-    with pytest.raises(ValueError, match=f"sampler: saved {sampler}, now instance_balanced"):
+    assert loader.state_dict()["sampling"] == sampler
+    with pytest.raises(ValueError, match=f"sampling: saved {sampler}, now instance_balanced"):
         TensorBatchLoader(*_labelled(40), 4, train=True, seed=3).load_state_dict(loader.state_dict())
 
 
 def test_a_state_saved_before_samplers_existed_loads_as_instance_balanced() -> None:
     loader = TensorBatchLoader(*_data(20), batch_size=4, train=True)
-    old = {k: v for k, v in loader.state_dict().items() if not k.startswith("sampler")}
+    old = {k: v for k, v in loader.state_dict().items() if not k.startswith("sampling")}
     loader.load_state_dict(old)  # no error: it was the instance-balanced order
-    with pytest.raises(ValueError, match="sampler: saved instance_balanced, now class_balanced"):
+    with pytest.raises(ValueError, match="sampling: saved instance_balanced, now class_balanced"):
         TensorBatchLoader(*_data(20), 4, train=True, sampler="class_balanced").load_state_dict(old)
 
 
