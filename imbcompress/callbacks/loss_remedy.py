@@ -98,8 +98,8 @@ class LossRemedy(Callback):
         saved = checkpoint.get("callbacks")
         if saved is not None and self.state_key not in saved:  # (a weights-only checkpoint saves no callbacks)
             raise ValueError(
-                f"{type(self).__name__} (loss remedy {self.method!r}) is configured, but the checkpoint was not trained "
-                "with it. Test or resume a checkpoint with the configuration it was trained with (the run's "
+                f"{type(self).__name__} (loss remedy {self.method!r}) is configured, but the checkpoint was not "
+                "trained with it. Test or resume a checkpoint with the configuration it was trained with (the run's "
                 "config.yaml); to start a remedy from trained weights use --model.init_args.init_from."
             )
 

@@ -46,7 +46,7 @@ class PostHocAdjustment(Callback):
         check_non_negative("PostHocAdjustment.tau", tau)
         self.method = method
         self.tau = tau
-        self._saved: tuple[nn.Parameter, Tensor] | None = None
+        self._saved: tuple[Tensor, Tensor] | None = None  # (the classifier's parameter, its original value)
 
     @property
     def state_key(self) -> str:
@@ -54,7 +54,8 @@ class PostHocAdjustment(Callback):
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        same = [cb for cb in trainer.callbacks if isinstance(cb, PostHocAdjustment) and cb.method == self.method]
+        callbacks = getattr(trainer, "callbacks", [])
+        same = [cb for cb in callbacks if isinstance(cb, PostHocAdjustment) and cb.method == self.method]
         if len(same) > 1:
             raise ValueError(
                 f"{len(same)} PostHocAdjustment callbacks with method={self.method!r}; use one (set its tau instead)"

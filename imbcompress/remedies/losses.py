@@ -21,7 +21,9 @@ from imbcompress.compress.homovar import class_balanced_weights as _effective_nu
 def _counts(class_counts: Sequence[int]) -> Tensor:
     counts = torch.as_tensor([int(c) for c in class_counts], dtype=torch.float64)
     if counts.numel() < 2 or bool((counts < 1).any()):
-        raise ValueError(f"class_counts must list >= 2 classes with >= 1 training sample each, got {list(class_counts)}")
+        raise ValueError(
+            f"class_counts must list >= 2 classes with >= 1 training sample each, got {list(class_counts)}"
+        )
     return counts
 
 
@@ -43,7 +45,7 @@ def log_priors(class_counts: Sequence[int]) -> Tensor:
 
 
 def ldam_margins(class_counts: Sequence[int], max_margin: float) -> Tensor:
-    """Cao et al. (2019): m_k = C / n_k^(1/4), with C such that the largest margin (the smallest class's) is ``max_margin``."""
+    """Cao et al. (2019): m_k = C / n_k^(1/4), C chosen so that the largest (the smallest class's) is ``max_margin``."""
     inverse_root = _counts(class_counts) ** -0.25
     return (inverse_root * (max_margin / inverse_root.max())).float()
 

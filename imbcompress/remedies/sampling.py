@@ -34,7 +34,9 @@ def check_sampler(sampler: str, switch_epoch: int | None, max_epochs: int | None
         raise ValueError(f"sampler must be one of {list(SAMPLERS)}, got {sampler!r}")
     if sampler != "deferred":
         if switch_epoch is not None:
-            raise ValueError(f"sampler_switch_epoch is only used by sampler='deferred'; got {switch_epoch} with {sampler!r}")
+            raise ValueError(
+                f"sampler_switch_epoch is only used by sampler='deferred'; got {switch_epoch} with {sampler!r}"
+            )
         return
     if isinstance(switch_epoch, bool) or not isinstance(switch_epoch, int) or switch_epoch < 1:
         raise ValueError(f"sampler='deferred' needs sampler_switch_epoch, an epoch >= 1; got {switch_epoch!r}")
@@ -56,7 +58,11 @@ def check_sampler_for_fit(sampler: str, switch_epoch: int | None, max_epochs: in
 
 
 def class_probabilities(
-    sampler: str, class_counts: Sequence[int], epoch: int, max_epochs: int | None = None, switch_epoch: int | None = None
+    sampler: str,
+    class_counts: Sequence[int],
+    epoch: int,
+    max_epochs: int | None = None,
+    switch_epoch: int | None = None,
 ) -> Tensor | None:
     """p_k of ``sampler`` at ``epoch`` (0-based), or None where the epoch is an instance-balanced permutation.
 
@@ -75,9 +81,13 @@ def class_probabilities(
         return power_probabilities(class_counts, 0.5)
     if sampler == "progressive":
         if max_epochs is None or max_epochs < 1:
-            raise ValueError(f"sampler='progressive' needs trainer.max_epochs >= 1 (it interpolates over epochs), got {max_epochs}")
+            raise ValueError(
+                f"sampler='progressive' needs trainer.max_epochs >= 1 (it interpolates over epochs), got {max_epochs}"
+            )
         progress = min(epoch, max_epochs) / max_epochs
-        return (1 - progress) * power_probabilities(class_counts, 1.0) + progress * power_probabilities(class_counts, 0.0)
+        return (1 - progress) * power_probabilities(class_counts, 1.0) + progress * power_probabilities(
+            class_counts, 0.0
+        )
     raise ValueError(f"sampler must be one of {list(SAMPLERS)}, got {sampler!r}")
 
 

@@ -65,7 +65,9 @@ class _Probe(Callback):
 @pytest.mark.parametrize(
     "remedy", [ClassBalancedLoss(beta=0.99, gamma=1.0), FocalLoss(gamma=2.0), LDAMDRWLoss(), LogitAdjustedLoss(0.5)]
 )
-def test_each_remedy_installs_its_criterion_from_the_data_counts(remedy: Callback, data_root: Path, tmp_path: Path) -> None:
+def test_each_remedy_installs_its_criterion_from_the_data_counts(
+    remedy: Callback, data_root: Path, tmp_path: Path
+) -> None:
     task = ImbalanceClassifier(num_classes=10)
     datamodule = _datamodule(data_root)
     _trainer(tmp_path, [remedy]).fit(task, datamodule=datamodule)
@@ -193,7 +195,9 @@ def test_testing_a_checkpoint_with_another_remedy_is_an_error(data_root: Path, t
         _trainer(tmp_path, [LogitAdjustedLoss(tau=0.5)]).test(
             ImbalanceClassifier(num_classes=10), datamodule=_datamodule(data_root), ckpt_path=ckpt
         )
-    with pytest.raises(ValueError, match="FocalLoss .*'focal'.* is configured, but the checkpoint was not trained with"):
+    with pytest.raises(
+        ValueError, match="FocalLoss .*'focal'.* is configured, but the checkpoint was not trained with"
+    ):
         _trainer(tmp_path, [FocalLoss()]).test(
             ImbalanceClassifier(num_classes=10), datamodule=_datamodule(data_root), ckpt_path=ckpt
         )

@@ -122,7 +122,9 @@ def test_a_quantized_classifier_refuses_tau_norm_and_takes_logit_adjustment(data
     counts = torch.tensor(_datamodule(data_root).train_class_counts, dtype=torch.float64)
     with torch.no_grad():
         plain = task(probe.inputs[0]).double()
-    torch.testing.assert_close(probe.logits[0].double(), plain - 0.5 * (counts / counts.sum()).log(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        probe.logits[0].double(), plain - 0.5 * (counts / counts.sum()).log(), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_bad_settings() -> None:

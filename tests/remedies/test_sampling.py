@@ -25,7 +25,14 @@ def _data() -> tuple[Tensor, Tensor]:
 def _loader(sampler: str, epoch: dict[str, int], **kwargs) -> TensorBatchLoader:
     images, labels = _data()
     return TensorBatchLoader(
-        images, labels, 32, train=True, seed=kwargs.pop("seed", 5), sampler=sampler, epoch_fn=lambda: epoch["e"], **kwargs
+        images,
+        labels,
+        32,
+        train=True,
+        seed=kwargs.pop("seed", 5),
+        sampler=sampler,
+        epoch_fn=lambda: epoch["e"],
+        **kwargs,
     )
 
 
@@ -61,7 +68,10 @@ def test_progressive_moves_from_instance_to_class_balanced() -> None:
     torch.testing.assert_close(middle, 0.5 * power_probabilities(COUNTS, 1.0) + 0.5 * power_probabilities(COUNTS, 0.0))
     epoch = {"e": 0}
     observed = sum(  # epoch 5 of 10 under many seeds
-        (_class_draws(_loader("progressive", epoch, seed=seed, max_epochs=10), epoch, range(5, 6)) for seed in range(20)),
+        (
+            _class_draws(_loader("progressive", epoch, seed=seed, max_epochs=10), epoch, range(5, 6))
+            for seed in range(20)
+        ),
         torch.zeros(len(COUNTS), dtype=torch.int64),
     )
     assert _chi_square_p(observed, middle) > 0.001
