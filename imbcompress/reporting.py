@@ -46,6 +46,14 @@ def compression_records(trainer: pl.Trainer) -> list[dict[str, Any]]:
     return [cb.compression_record() for cb in callbacks if callable(getattr(cb, "compression_record", None))]
 
 
+def remedy_records(trainer: pl.Trainer) -> list[dict[str, Any]]:
+    """The long-tail remedies of the run: the data module's sampler (if not the default), then ``remedy_record()``
+    of every callback that has one, in callback order (docs/remedies.md)."""
+    sources = [getattr(trainer, "datamodule", None), *getattr(trainer, "callbacks", [])]
+    records = [source.remedy_record() for source in sources if callable(getattr(source, "remedy_record", None))]
+    return [record for record in records if record is not None]
+
+
 def activation_bits_of(records: list[dict[str, Any]]) -> int | None:
     """The activation bit width a compression record declares (for the paper's size column), if any."""
     bits = [r["activation_bits"] for r in records if isinstance(r.get("activation_bits"), int)]
@@ -82,6 +90,7 @@ def build_metrics(trainer: pl.Trainer, task: Any, results: dict[str, Any]) -> di
             "num_classes": task.num_classes,
         },
         "compression": records,
+        "remedies": remedy_records(trainer),
         "class_names": task.class_names,
         "train_class_counts": data.get("train_class_counts"),
         "test_class_counts": data.get("test_class_counts"),

@@ -13,7 +13,17 @@ from fakedata import make_fake_cifar
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from imbcompress.callbacks import ClimbQ, FilterPruning, KnowledgeDistillation, QuantizationAwareTraining
+from imbcompress.callbacks import (
+    ClassBalancedLoss,
+    ClimbQ,
+    FilterPruning,
+    FocalLoss,
+    KnowledgeDistillation,
+    LDAMDRWLoss,
+    LogitAdjustedLoss,
+    PostHocAdjustment,
+    QuantizationAwareTraining,
+)
 from imbcompress.data import ImbalancedDataModule
 from imbcompress.task import ImbalanceClassifier
 
@@ -32,10 +42,12 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_fake_cifar(tmp_path_factory.mktemp("data"), train_per_class=12, test_per_class=4)
 
 
-def _datamodule(root: Path) -> ImbalancedDataModule:
+def _datamodule(root: Path, sampler: str = "instance_balanced") -> ImbalancedDataModule:
+    switch_epoch = 1 if sampler == "deferred" else None
     return ImbalancedDataModule(
-        dataset="cifar10", root=str(root), profile="exponential", imbalance_ratio=3, batch_size=24
-    )
+        dataset="cifar10", root=str(root), profile="exponential", imbalance_ratio=3, batch_size=24,
+        sampler=sampler, sampler_switch_epoch=switch_epoch,
+    )  # fmt: skip
 
 
 def _trainer(workdir: Path, callbacks: list[Callback], **kwargs: object) -> Trainer:
@@ -122,6 +134,58 @@ def test_compress_fragments_stack_through_the_cli(data_root: Path, teacher: Path
         "knowledge_distillation",
     ]
     assert metrics["model_size"]["nnz"] == 6_688  # severe: one filter in each pruned conv (SPEC §4.1)
+
+
+# Long-tail remedies (docs/remedies.md) with compression: every remedy with each compression method at least once.
+REMEDIES: dict[str, Callable[[], Callback]] = {
+    "class_balanced": lambda: ClassBalancedLoss(beta=0.999, gamma=1.0),
+    "focal": lambda: FocalLoss(gamma=2.0),
+    "ldam_drw": lambda: LDAMDRWLoss(drw_epoch=1),
+    "logit_adjusted": lambda: LogitAdjustedLoss(tau=1.0),
+    "posthoc_la": lambda: PostHocAdjustment("logit_adjustment", tau=1.0),
+}
+REMEDY_COMBINATIONS = [
+    ("class_balanced", "square_root", ("prune", "distill")),
+    ("focal", "instance_balanced", ("dorefa",)),
+    ("ldam_drw", "class_balanced", ("prune", "climbq_plain")),
+    ("logit_adjusted", "progressive", ("prune", "dorefa", "distill")),
+    ("posthoc_la", "deferred", ("climbq_plain", "distill")),
+]
+
+
+def _compression(name: str, teacher: Path) -> Callback:
+    return ClimbQ(bits=2) if name == "climbq_plain" else METHODS[name](teacher)
+
+
+@pytest.mark.parametrize(
+    ("remedy", "sampler", "methods"), REMEDY_COMBINATIONS, ids=lambda v: "+".join(v) if isinstance(v, tuple) else v
+)
+def test_remedy_with_compression_fits_and_reloads_to_the_same_metrics(
+    remedy: str, sampler: str, methods: tuple[str, ...], data_root: Path, teacher: Path, tmp_path: Path
+) -> None:
+    def callbacks() -> list[Callback]:
+        return [*(_compression(name, teacher) for name in methods), REMEDIES[remedy]()]
+
+    def datamodule() -> ImbalancedDataModule:
+        return _datamodule(data_root, sampler)
+
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0)
+    task = ImbalanceClassifier(num_classes=10, init_from=str(teacher))
+    trainer = _trainer(tmp_path, [*callbacks(), checkpoint], max_epochs=2, limit_train_batches=1)
+    trainer.fit(task, datamodule=datamodule())
+    trainer.test(task, datamodule=datamodule(), verbose=False)
+    at_fit_end = task.last_test_results
+    assert at_fit_end is not None
+
+    fresh = ImbalanceClassifier(num_classes=10)
+    _trainer(tmp_path, callbacks()).test(
+        fresh, datamodule=datamodule(), ckpt_path=str(tmp_path / "last.ckpt"), verbose=False
+    )
+    assert fresh.last_test_results == at_fit_end
+    reloaded = ImbalanceClassifier.load_from_checkpoint(tmp_path / "last.ckpt")
+    posthoc = [REMEDIES[remedy]()] if remedy.startswith("posthoc") else []  # a test-time remedy is in the test config
+    _trainer(tmp_path, posthoc).test(reloaded, datamodule=datamodule(), verbose=False)
+    assert reloaded.last_test_results == at_fit_end
 
 
 def _ddp_data_args(data_root: Path) -> list[str]:

@@ -14,6 +14,7 @@ from imbcompress.data.augment import channel_stats, normalize, random_crop_flip
 from imbcompress.data.imbalance import Head, Profile, class_counts, derive_seed, select_indices, stratified_split
 from imbcompress.data.loader import TensorBatchLoader
 from imbcompress.data.sources import DatasetArrays, dataset_info, load_cifar, load_image_folder
+from imbcompress.remedies.sampling import Sampler, check_sampler, check_sampler_for_fit
 
 DatasetName = Literal["cifar10", "cifar100", "image_folder"]
 DATASETS: tuple[str, ...] = get_args(DatasetName)
@@ -96,6 +97,12 @@ class ImbalancedDataModule(LightningDataModule):
         augment: random crop + horizontal flip of training batches.
         cache_dir: where to keep the decoded image-folder cache instead of ``root/.imbcompress_cache``.
         data_on_device: keep the selected images on the training device when it is a GPU.
+        sampler: training order (a re-sampling remedy, docs/remedies.md): ``instance_balanced`` (every image once
+            per epoch, the default), ``class_balanced`` (every class equally likely), ``square_root`` (class
+            probability proportional to sqrt(n_k)), ``progressive`` (instance- to class-balanced over the epochs)
+            or ``deferred`` (instance-balanced, then class-balanced from ``sampler_switch_epoch``). The
+            re-samplers draw with replacement; an epoch keeps the training set's size.
+        sampler_switch_epoch: the first class-balanced epoch of ``sampler: deferred`` (1..max_epochs-1).
     """
 
     def __init__(
@@ -115,9 +122,12 @@ class ImbalancedDataModule(LightningDataModule):
         augment: bool = True,
         cache_dir: str | None = None,
         data_on_device: bool = True,
+        sampler: Sampler = "instance_balanced",
+        sampler_switch_epoch: int | None = None,
     ) -> None:
         super().__init__()
         _check_settings(dataset, download, batch_size, eval_batch_size, val_fraction)
+        check_sampler(sampler, sampler_switch_epoch)
         # No save_hyperparameters(): the CLI's config.yaml records these, and Lightning refuses to log a model and
         # a data module that share a hyperparameter name with different values.
         self.dataset = dataset
@@ -136,6 +146,8 @@ class ImbalancedDataModule(LightningDataModule):
         self.augment = augment
         self.cache_dir = cache_dir
         self.data_on_device = data_on_device
+        self.sampler = sampler
+        self.sampler_switch_epoch = sampler_switch_epoch
 
         info = dataset_info(dataset, root, download)
         self.num_classes: int = info.num_classes
@@ -231,6 +243,8 @@ class ImbalancedDataModule(LightningDataModule):
 
     def setup(self, stage: str) -> None:
         """Loads and selects the data (once), moves it to the GPU if asked, and reports the class counts."""
+        if stage == "fit":  # a switch epoch past the end fails before any work
+            check_sampler_for_fit(self.sampler, self.sampler_switch_epoch, self._max_epochs())
         self._prepare()
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         if self.data_on_device and device.type == "cuda":
@@ -261,6 +275,10 @@ class ImbalancedDataModule(LightningDataModule):
     def _current_epoch(self) -> int:
         return self.trainer.current_epoch if self.trainer is not None else 0
 
+    def _max_epochs(self) -> int | None:
+        max_epochs = getattr(self.trainer, "max_epochs", None)  # None also without a trainer
+        return max_epochs if isinstance(max_epochs, int) and max_epochs > 0 else None
+
     def _eval_loader(self, split: _Split | None) -> TensorBatchLoader:
         assert split is not None, "call setup() first"
         rank, world_size = self._rank_and_world()
@@ -280,6 +298,9 @@ class ImbalancedDataModule(LightningDataModule):
             rank=rank,
             world_size=world_size,
             epoch_fn=self._current_epoch,
+            sampler=self.sampler,
+            sampler_switch_epoch=self.sampler_switch_epoch,
+            max_epochs=self._max_epochs(),
         )
         return self._train_loader
 
@@ -340,6 +361,15 @@ class ImbalancedDataModule(LightningDataModule):
             "val_fraction": self.val_fraction,
             "shuffle_seed": self.shuffle_seed,
         }
+
+    def remedy_record(self) -> dict[str, Any] | None:
+        """The re-sampling remedy for ``metrics.json["remedies"]``; None for the default instance-balanced order."""
+        if self.sampler == "instance_balanced":
+            return None
+        record: dict[str, Any] = {"method": f"sampler_{self.sampler}"}
+        if self.sampler == "deferred":
+            record["switch_epoch"] = self.sampler_switch_epoch
+        return record
 
     def state_dict(self) -> dict[str, Any]:
         """The training class counts, to check on resume that the same subset is selected."""

@@ -24,9 +24,12 @@ import torch
 from torch import Tensor
 
 from imbcompress.data.imbalance import derive_seed
+from imbcompress.remedies.sampling import check_sampler, class_probabilities, sample_with_replacement
 
 Batch = tuple[Tensor, Tensor]
-_STATE_KEYS = ("num_samples", "batch_size", "world_size", "seed")
+_STATE_KEYS = ("num_samples", "batch_size", "world_size", "seed", "sampling", "sampling_switch_epoch")
+# What a state saved before the sampler option existed means.
+_STATE_DEFAULTS = {"sampling": "instance_balanced", "sampling_switch_epoch": None}
 
 
 class TensorBatchLoader:
@@ -39,6 +42,11 @@ class TensorBatchLoader:
     takes one contiguous shard of the set in order; together the shards cover every sample exactly
     once (no padding, no duplicates, so shard lengths may differ by one).
 
+    Re-sampling (``sampler`` other than ``instance_balanced``, see ``imbcompress.remedies.sampling``): an epoch
+    still has ``n`` positions, drawn with replacement from the sampler's class probabilities with the same
+    ``(seed, epoch)`` generator, and is sharded and batched the same way; epochs that are instance-balanced
+    (all of them for the default, those before the switch for ``deferred``) are the permutation above.
+
     Args:
         images: ``[N, C, H, W]`` tensor (uint8), on any device.
         labels: ``[N]`` int64 tensor on the same device.
@@ -49,6 +57,10 @@ class TensorBatchLoader:
         world_size: number of processes.
         epoch_fn: returns the current epoch (e.g. ``lambda: trainer.current_epoch``); without it the
             epoch set by :meth:`set_epoch` is used.
+        sampler: training order: ``instance_balanced`` (a permutation), ``class_balanced``, ``square_root``,
+            ``progressive`` or ``deferred``.
+        sampler_switch_epoch: first class-balanced epoch of ``deferred``.
+        max_epochs: total epochs of training (``progressive`` interpolates over them; bounds the switch epoch).
     """
 
     def __init__(
@@ -61,6 +73,9 @@ class TensorBatchLoader:
         rank: int = 0,
         world_size: int = 1,
         epoch_fn: Callable[[], int] | None = None,
+        sampler: str = "instance_balanced",
+        sampler_switch_epoch: int | None = None,
+        max_epochs: int | None = None,
     ) -> None:
         if len(images) != len(labels):
             raise ValueError(f"images and labels differ in length: {len(images)} vs {len(labels)}")
@@ -76,6 +91,11 @@ class TensorBatchLoader:
         self.rank = rank
         self.world_size = world_size
         self.epoch_fn = epoch_fn
+        check_sampler(sampler, sampler_switch_epoch, max_epochs)
+        # Not named ``sampler``: Lightning reads a loader's ``sampler`` attribute as a torch Sampler.
+        self.sampling = sampler
+        self.sampling_switch_epoch = sampler_switch_epoch
+        self.max_epochs = max_epochs
         self._epoch = 0
         self._batches_yielded = 0  # in epoch self._epoch
         self._pending_state: dict[str, Any] | None = None
@@ -118,9 +138,22 @@ class TensorBatchLoader:
             start, stop = self._shard_bounds()
             return torch.arange(start, stop)
         generator = torch.Generator(device="cpu").manual_seed(derive_seed(self.seed, epoch))
-        perm = torch.randperm(self.num_samples, generator=generator)
+        perm = self._epoch_order(epoch, generator)
         usable = self.num_samples - self.num_samples % self.world_size
         return perm[:usable][self.rank :: self.world_size]
+
+    def _epoch_order(self, epoch: int, generator: torch.Generator) -> Tensor:
+        """The epoch's n sample indices: a permutation, or draws with replacement from the class probabilities."""
+        labels = self.labels.cpu()
+        probabilities = None
+        if self.sampling != "instance_balanced":
+            counts = torch.bincount(labels).tolist()
+            probabilities = class_probabilities(
+                self.sampling, counts, epoch, self.max_epochs, self.sampling_switch_epoch
+            )
+        if probabilities is None:
+            return torch.randperm(self.num_samples, generator=generator)
+        return sample_with_replacement(labels, probabilities, self.num_samples, generator)
 
     def _start_batch(self, epoch: int) -> int:
         """Where this epoch starts: after the batches a loaded state had already consumed, if it is this epoch."""
@@ -161,13 +194,12 @@ class TensorBatchLoader:
         """
         if not self.train:
             return
-        differing = {
-            k: (state_dict.get(k), getattr(self, k)) for k in _STATE_KEYS if state_dict.get(k) != getattr(self, k)
-        }
+        stored = _STATE_DEFAULTS | dict(state_dict)
+        differing = {k: (stored.get(k), getattr(self, k)) for k in _STATE_KEYS if stored.get(k) != getattr(self, k)}
         if differing:
             details = ", ".join(f"{k}: saved {saved}, now {now}" for k, (saved, now) in differing.items())
             raise ValueError(
                 f"cannot resume the training loader mid-epoch: {details}. Resume with the same data, batch size, "
-                "number of devices and seed, or from a checkpoint written at the end of an epoch."
+                "number of devices, seed and sampler, or from a checkpoint written at the end of an epoch."
             )
         self._pending_state = dict(state_dict)

@@ -145,3 +145,69 @@ def test_lightning_resume_from_a_mid_epoch_checkpoint_sees_the_same_batches(tmp_
     resumed = _RecordingModule(n=18, batch_size=4)
     _fit(resumed, tmp_path / "resume", ckpt_path=str(tmp_path / "ckpt" / f"step={step}.ckpt"))
     assert resumed.seen == full.seen[step:]
+
+
+# ----------------------------------------------------------------------------------- re-sampling (docs/remedies.md)
+def _labelled(n: int) -> tuple[Tensor, Tensor]:
+    """Sample ids as images; labels skewed 0 >> 1 >> 2 so that re-sampling changes the order."""
+    images, ids = _data(n)
+    return images, (ids * 7 % n < n // 8).long() + (ids % 5 == 0).long()
+
+
+@pytest.mark.parametrize(("sampler", "switch"), [("class_balanced", None), ("square_root", None), ("deferred", 1)])
+def test_resampled_state_resumes_with_the_remaining_batches(sampler: str, switch: int | None) -> None:
+    epoch = {"value": 1}
+
+    def make() -> TensorBatchLoader:
+        return TensorBatchLoader(
+            *_labelled(40), 4, train=True, seed=3, sampler=sampler, sampler_switch_epoch=switch,
+            epoch_fn=lambda: epoch["value"],
+        )  # fmt: skip
+
+    def ids(loader: TensorBatchLoader) -> list[list[int]]:
+        return [images[:, 0, 0, 0].tolist() for images, _ in loader]
+
+    expected = ids(make())
+    loader = make()
+    iterator = iter(loader)
+    taken = [next(iterator)[0][:, 0, 0, 0].tolist() for _ in range(3)]
+    again = make()
+    again.load_state_dict(loader.state_dict())
+    assert taken + ids(again) == expected
+    assert loader.state_dict()["sampling"] == sampler
+    with pytest.raises(ValueError, match=f"sampling: saved {sampler}, now instance_balanced"):
+        TensorBatchLoader(*_labelled(40), 4, train=True, seed=3).load_state_dict(loader.state_dict())
+
+
+def test_a_state_saved_before_samplers_existed_loads_as_instance_balanced() -> None:
+    loader = TensorBatchLoader(*_data(20), batch_size=4, train=True)
+    old = {k: v for k, v in loader.state_dict().items() if not k.startswith("sampling")}
+    loader.load_state_dict(old)  # no error: it was the instance-balanced order
+    with pytest.raises(ValueError, match="sampling: saved instance_balanced, now class_balanced"):
+        TensorBatchLoader(*_data(20), 4, train=True, sampler="class_balanced").load_state_dict(old)
+
+
+class _ResampledRecordingModule(_RecordingModule):
+    def train_dataloader(self) -> TensorBatchLoader:
+        images, _ = _data(self.n)
+        _, labels = _labelled(self.n)
+        return TensorBatchLoader(
+            images, labels, self.batch_size, train=True, seed=7, epoch_fn=lambda: self.trainer.current_epoch,
+            sampler="progressive", max_epochs=3,
+        )  # fmt: skip
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        self.seen.append(batch[0][:, 0, 0, 0].tolist())  # sample ids (the labels here are classes)
+        return self.layer(batch[0][:, :1, 0, 0].float()).mean()
+
+
+@pytest.mark.parametrize("step", [3, 7])
+def test_lightning_resume_of_a_resampled_epoch_sees_the_same_batches(tmp_path: Path, step: int) -> None:
+    full = _ResampledRecordingModule(n=18, batch_size=4)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_top_k=-1, filename="{step}")
+    _fit(full, tmp_path, callbacks=[checkpoint])
+    resumed = _ResampledRecordingModule(n=18, batch_size=4)
+    _fit(resumed, tmp_path / "resume", ckpt_path=str(tmp_path / "ckpt" / f"step={step}.ckpt"))
+    assert resumed.seen == full.seen[step:]
+    epochs = [sum(full.seen[e * 5 : (e + 1) * 5], []) for e in range(3)]
+    assert any(len(set(ids)) < len(ids) for ids in epochs)  # drawn with replacement, not a permutation
