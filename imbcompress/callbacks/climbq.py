@@ -158,9 +158,7 @@ def _class_counts(trainer: Trainer) -> list[int]:
     return [int(count) for count in counts]
 
 
-def _validate(
-    bits: int, mode: str, homovar_mode: str, alpha: float, beta: float, exclude: list[str] | None
-) -> None:
+def _validate(bits: int, mode: str, homovar_mode: str, alpha: float, beta: float, exclude: list[str] | None) -> None:
     if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
         raise ValueError(f"ClimbQ.bits must be an int in [{MIN_BITS}, {MAX_BITS}], got {bits!r}")
     if mode not in MODES:

@@ -178,7 +178,9 @@ class Interrupt(Callback):
             raise RuntimeError("simulated interruption")
 
 
-def _resumable_fit(root: Path, workdir: Path, homovar_mode: str, interrupt_at: int | None = None, ckpt: str | None = None):
+def _resumable_fit(
+    root: Path, workdir: Path, homovar_mode: str, interrupt_at: int | None = None, ckpt: str | None = None
+) -> ImbalanceClassifier:
     task = _task(channels_last=False, scheduler="cosine")
     callbacks: list[Callback] = [
         ClimbQ(bits=2, homovar=True, homovar_mode=homovar_mode),  # type: ignore[arg-type]

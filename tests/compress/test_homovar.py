@@ -82,7 +82,6 @@ def test_loss_modes_match_their_definitions() -> None:
     weighted_loss(logits, targets, weights, "official").backward()
     assert logits.grad is not None and logits.grad.abs().sum() > 0
 
-
     torch.testing.assert_close(weighted_loss(logits, targets, weights, "class_balanced"), paper)
 
 
@@ -156,7 +155,12 @@ def _paper_by_hand(x: list[list[float]], y: list[int], n: list[float], alpha: fl
             continue
         low = (2 * zbar * s + c - math.sqrt(disc)) / (2 * zbar**2)
         high = (2 * zbar * s + c + math.sqrt(disc)) / (2 * zbar**2)
-        expected, positions[k] = (low, "below") if b[k] < low else (high, "above") if b[k] > high else (b[k] - 1, "inside")
+        if b[k] < low:
+            expected, positions[k] = low, "below"
+        elif b[k] > high:
+            expected, positions[k] = high, "above"
+        else:
+            expected, positions[k] = b[k] - 1, "inside"
         distance[k] = abs(b[k] - expected) * n[k] / b[k]
     return _normalised([beta ** (1 / d) for d in distance], n), positions
 
@@ -238,7 +242,8 @@ def test_weights_depend_on_the_current_batch_alone(mode: str) -> None:
     used.weights(torch.tensor(BATCH_B, dtype=F64), y)
     used.weights(torch.rand(14, 3, dtype=F64), y.flip(0))
     assert torch.equal(used.weights(x, y), fresh)
-    assert torch.equal(used.weights(x.float(), y), HomoVarLoss([int(c) for c in COUNTS], mode=mode).weights(x.float(), y))
+    fresh_float = HomoVarLoss([int(c) for c in COUNTS], mode=mode).weights(x.float(), y)
+    assert torch.equal(used.weights(x.float(), y), fresh_float)
 
 
 def test_loss_is_differentiable_and_weights_are_not() -> None:
