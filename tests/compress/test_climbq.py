@@ -43,12 +43,30 @@ def test_record_quantizes_every_conv_and_its_bn_but_not_the_classifier() -> None
     apply_transform(model, record)
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     assert len(record["weight_layers"]) == len(convs) == 21  # stem + 18 block convs + 2 shortcut convs
+    assert len(record["activation_layers"]) == 21  # every conv's BN output, the shortcut BNs included
     assert record["weight_layers"][0] == "stem.conv" and "layer2.0.shortcut.1" in record["activation_layers"]
+    assert {"layer2.0.shortcut.0", "layer3.0.shortcut.0"} <= set(record["weight_layers"])
     assert all(isinstance(m, ClimbQConv2d) and m.weight_bits == 3 and m.quantized_by == "climbq" for m in convs)
     assert all(isinstance(m, ClimbQBatchNorm2d) for m in model.modules() if isinstance(m, nn.BatchNorm2d))
     assert type(model.classifier) is nn.Linear and not hasattr(model.classifier, "weight_bits")
     assert list(model.state_dict()) == keys  # quantizers carry no state: checkpoints keep the dense keys
     assert model_size(model)["weight_storage_bits"] < model_size(build_model("resnet20", 4, "B"))["weight_storage_bits"]
+
+
+def test_option_b_resnet20_quantizes_21_feature_maps_in_a_forward_pass_shortcuts_included() -> None:
+    model = _quantized_resnet(2, shortcut="B")
+    outputs, hooks = _collect_features(model)
+    shortcut_bn = model.layer2[0].shortcut[1]
+    assert isinstance(model.layer2[0].shortcut[0], ClimbQConv2d) and isinstance(shortcut_bn, ClimbQBatchNorm2d)
+    images, labels = _batch()
+    set_class_labels(model, labels, [100, 50, 20, 5])
+    model(images)
+    for hook in hooks:
+        hook.remove()
+    assert len(outputs) == 21 and all(out.unique().numel() <= 4 for out in outputs)
+    stem_fp = build_model("resnet20", num_classes=4, shortcut="B")
+    record = climbq_record(stem_fp, 2, exclude=["stem.conv"])
+    assert len(record["weight_layers"]) == len(record["activation_layers"]) == 20  # the `exclude` comparison row
 
 
 def test_exclude_keeps_named_layers_full_precision() -> None:
