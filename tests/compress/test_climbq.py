@@ -267,3 +267,21 @@ def test_composes_with_filter_pruning_in_either_order(prune_first: bool) -> None
     set_class_labels(model, labels, [100, 50, 20, 5])
     model(images).sum().backward()
     assert model.layer2[1].conv1.weight.grad.shape == (5, 32, 3, 3)
+
+
+def test_label_statistics_are_computed_once_per_step_for_all_quantizers(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _quantized_resnet(2, "paper", shortcut="B")
+    images, labels = _batch()
+    calls = []
+    bincount = torch.bincount
+    monkeypatch.setattr(torch, "bincount", lambda *a, **k: calls.append(1) or bincount(*a, **k))
+    set_class_labels(model, labels, [100, 50, 20, 5])
+    model(images)
+    assert len(calls) == 1  # one bincount for 21 feature quantizers (and one label check: one host sync)
+    quantizer = ClimbQActivationQuantizer(2, "paper")
+    quantizer.labels = labels  # set directly, without set_class_labels: no class counts to standardise with
+    with pytest.raises(ValueError, match="needs the training-set class counts"):
+        quantizer(torch.randn(12, 2, 2, 2))
+    set_class_labels(quantizer, labels, [100, 50])
+    with pytest.raises(ValueError, match="got label 3 but only 2 class counts"):
+        quantizer(torch.randn(12, 2, 2, 2))
