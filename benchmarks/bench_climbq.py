@@ -1,5 +1,7 @@
 """Training throughput of ResNet-20 under ClimbQ and ClimbQ+ (HomoVar loss), as a ratio to the plain training step.
 
+ResNet-20 with option-B shortcuts, as in the official code (21 quantized convs and feature maps).
+
 One training step = set the batch labels on the feature quantizers, forward, loss (cross-entropy, or the HomoVar
 loss for ClimbQ+), backward, an SGD update, clear the labels; batch of random 32x32 images with long-tailed labels,
 on the CPU. The variants are timed round-robin in the same process (a change in machine load hits them alike);
@@ -29,7 +31,7 @@ CLASS_COUNTS = [5000, 3237, 2096, 1357, 878, 568, 368, 238, 154, 100]  # CIFAR-1
 
 def _model(bits: int | None, channels_last: bool) -> nn.Module:
     torch.manual_seed(0)
-    model = build_model("resnet20", 10)
+    model = build_model("resnet20", 10, shortcut="B")  # the official code's model
     if bits is not None:
         apply_climbq(model, climbq_record(model, bits))
     if channels_last:

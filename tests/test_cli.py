@@ -62,12 +62,13 @@ def _data_overrides(config: Path, cifar_root: Path, folder_root: Path) -> list[s
 @pytest.mark.parametrize("config", _committed_configs("experiments"), ids=lambda p: p.stem)
 def test_every_experiment_config_runs(config: Path, cifar_root: Path, folder_root: Path, tmp_path: Path) -> None:
     extra = []
-    init_from = yaml.safe_load(config.read_text())["model"]["init_args"].get("init_from")
-    if init_from:  # a compress-after-training experiment: give it an FP32 checkpoint of the same data
+    model_args = yaml.safe_load(config.read_text())["model"]["init_args"]
+    if model_args.get("init_from"):  # a compress-after-training experiment: an FP32 checkpoint of the same data
         fp32 = tmp_path / "fp32"
         fit(
             [
                 *BASE,
+                f"--model.init_args.shortcut={model_args.get('shortcut', 'A')}",  # the same model as the experiment
                 "--data=imbcompress.data.ImbalancedDataModule",
                 *fake_data_args(cifar_root),
                 "--trainer.max_steps=1",

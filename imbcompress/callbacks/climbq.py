@@ -11,6 +11,7 @@ from typing_extensions import override
 from imbcompress.compress.climbq import (
     MAX_BITS,
     MIN_BITS,
+    MODES,
     clear_class_labels,
     climbq_record,
     set_class_labels,
@@ -37,6 +38,9 @@ class ClimbQ(Callback):
         mode: "official" (the published code, which produced [CQ]'s tables) or "paper" (the text's per-class
             normal CDF with c_k = 2 - n_k / N).
         homovar: Add the HomoVar loss (ClimbQ+), replacing the task's cross-entropy.
+        homovar_mode: How HomoVar weighs classes, per batch: "official" (the published ``lt_loss.py``: softmax +
+            weighted BCE), "paper" (Levene's test on the batch, weighted cross-entropy) or "class_balanced" (the
+            ablation: Cui et al.'s class-balanced cross-entropy, no test). Independent of ``mode``.
         alpha: Significance level of HomoVar's Levene test, in (0, 1).
         beta: HomoVar's class-balanced weighting factor, in (0, 1).
         exclude: Module names (or prefixes such as "layer1") kept in full precision, e.g. ``[stem.conv]``.
@@ -47,14 +51,16 @@ class ClimbQ(Callback):
         bits: int = 4,
         mode: Literal["official", "paper"] = "official",
         homovar: bool = False,
+        homovar_mode: Literal["official", "paper", "class_balanced"] = "official",
         alpha: float = 0.05,
         beta: float = 0.999,
         exclude: list[str] | None = None,
     ) -> None:
-        _validate(bits, mode, alpha, beta, exclude)
+        _validate(bits, mode, homovar_mode, alpha, beta, exclude)
         self.bits = bits
         self.mode = mode
         self.homovar = homovar
+        self.homovar_mode = homovar_mode
         self.alpha = alpha
         self.beta = beta
         self.exclude = None if exclude is None else list(exclude)
@@ -78,7 +84,7 @@ class ClimbQ(Callback):
         if self.homovar and stage == "fit":
             if self.loss is None:
                 assert self.class_counts is not None
-                self.loss = HomoVarLoss(self.class_counts, self.mode, self.alpha, self.beta)
+                self.loss = HomoVarLoss(self.class_counts, self.homovar_mode, self.alpha, self.beta)
             task.set_criterion(self.loss)
 
     def _existing_record(self, task: ImbalanceClassifier) -> dict[str, Any] | None:
@@ -126,6 +132,7 @@ class ClimbQ(Callback):
             "weight_bits": self.bits,
             "activation_bits": self.bits,
             "homovar": self.homovar,
+            "homovar_mode": self.homovar_mode if self.homovar else None,
             "alpha": self.alpha if self.homovar else None,
             "beta": self.beta if self.homovar else None,
             "exclude": self.exclude,
@@ -151,9 +158,11 @@ def _class_counts(trainer: Trainer) -> list[int]:
     return [int(count) for count in counts]
 
 
-def _validate(bits: int, mode: str, alpha: float, beta: float, exclude: list[str] | None) -> None:
+def _validate(bits: int, mode: str, homovar_mode: str, alpha: float, beta: float, exclude: list[str] | None) -> None:
     if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
         raise ValueError(f"ClimbQ.bits must be an int in [{MIN_BITS}, {MAX_BITS}], got {bits!r}")
-    check_settings(mode, alpha, beta, prefix="ClimbQ.")
+    if mode not in MODES:
+        raise ValueError(f"ClimbQ.mode must be one of {MODES}, got {mode!r}")
+    check_settings(homovar_mode, alpha, beta, prefix="ClimbQ.", mode_name="homovar_mode")
     if exclude is not None and not all(isinstance(name, str) and name for name in exclude):
         raise ValueError(f"ClimbQ.exclude must be a list of module names, got {exclude!r}")

@@ -94,6 +94,7 @@ class ClimbQActivationQuantizer(nn.Module):
 
     labels: Tensor | None
     class_counts: Tensor | None
+    batch_labels: BatchLabels | None
 
     def __init__(self, bits: int, mode: Mode = "official") -> None:
         super().__init__()
@@ -104,6 +105,7 @@ class ClimbQActivationQuantizer(nn.Module):
         # Plain attributes, never buffers: labels must not reach checkpoints or evaluation.
         self.labels = None
         self.class_counts = None
+        self.batch_labels = None  # per-step label statistics shared by all quantizers (set_class_labels)
 
     def forward(self, x: Tensor) -> Tensor:
         labels = self.labels if self.training else None
@@ -113,20 +115,26 @@ class ClimbQActivationQuantizer(nn.Module):
                 "set_class_labels must be given the labels of the batch that is being forwarded"
             )
         with torch.autocast(x.device.type, enabled=False):
-            if labels is not None and self.mode == "paper":
+            if labels is None:
+                return _CdfQuantize.apply(x, self._label_free_inverse_scale(x), self.bits)
+            stats = self._batch_labels(labels)
+            if self.mode == "paper":
                 # mu_k and sigma_k depend on x: plain autograd carries their gradients.
-                u = normal_cdf(_paper_standardise(x.to(_compute_dtype(x)), labels, self.class_counts))
+                u = normal_cdf(_paper_standardise(x.to(_compute_dtype(x)), stats))
                 return ((2.0 * round_ste(u, self.bits) - 1.0) * ACTIVATION_RANGE).to(x.dtype)
-            return _CdfQuantize.apply(x, self._inverse_scale(x, labels), self.bits)
+            shape = (-1, *([1] * (x.dim() - 1)))
+            return _CdfQuantize.apply(x, stats.official_inverse_scale.to(_compute_dtype(x)).view(shape), self.bits)
 
-    def _inverse_scale(self, x: Tensor, labels: Tensor | None) -> Tensor:
-        """1 / c in u = Phi(x / c): c = 2 (official) or 1 (paper) without labels, else 2 - b_y / sum_k b_k^2."""
-        shape = (-1, *([1] * (x.dim() - 1)))
-        if labels is None:
-            scale = torch.tensor([2.0 if self.mode == "official" else 1.0], device=x.device)
-        else:
-            scale = _official_scale(labels)
-        return (1.0 / scale).to(_compute_dtype(x)).view(shape)
+    def _batch_labels(self, labels: Tensor) -> BatchLabels:
+        """The shared statistics of ``labels`` (computed once per step), or fresh ones for labels set directly."""
+        if self.batch_labels is not None and self.batch_labels.labels is labels:
+            return self.batch_labels
+        return BatchLabels(labels, self.class_counts)
+
+    def _label_free_inverse_scale(self, x: Tensor) -> Tensor:
+        """1 / c in u = Phi(x / c) without labels: c = 2 (official) or 1 (paper)."""
+        scale = torch.tensor([2.0 if self.mode == "official" else 1.0], device=x.device)
+        return (1.0 / scale).to(_compute_dtype(x)).view(-1, *([1] * (x.dim() - 1)))
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, mode={self.mode}"
@@ -158,24 +166,54 @@ class _CdfQuantize(torch.autograd.Function):
         return slope.to(x.dtype), None, None
 
 
-def _official_scale(labels: Tensor) -> Tensor:
-    """Per-sample c = 2 - b_y / sum_k b_k^2 with b_k the batch class counts."""
-    batch_counts = torch.bincount(labels).to(torch.float64)
-    return 2.0 - batch_counts[labels] / batch_counts.square().sum()
+class BatchLabels:
+    """One training batch's labels and the statistics every feature quantizer derives from them.
+
+    :func:`set_class_labels` builds one per step and shares it, so the bincount, the per-sample official scale and
+    the label check (a host sync) run once per step instead of once per quantizer. Plain tensors, never saved.
+
+    Args:
+        labels: Class of every sample of the batch.
+        class_counts: Training-set class sizes (needed by ``paper`` mode only).
+    """
+
+    def __init__(self, labels: Tensor, class_counts: Tensor | None) -> None:
+        self.labels = labels
+        self.class_counts = class_counts
+        self._official_inverse_scale: Tensor | None = None
+        self._class_batch_counts: Tensor | None = None
+
+    @property
+    def official_inverse_scale(self) -> Tensor:
+        """Per-sample 1 / c, c = 2 - b_y / sum_k b_k^2 with b_k the batch class counts (float64)."""
+        if self._official_inverse_scale is None:
+            batch_counts = torch.bincount(self.labels).to(torch.float64)
+            self._official_inverse_scale = 1.0 / (2.0 - batch_counts[self.labels] / batch_counts.square().sum())
+        return self._official_inverse_scale
+
+    @property
+    def class_batch_counts(self) -> Tensor:
+        """Batch count of every class of the training set (checks that every label has a class count)."""
+        if self._class_batch_counts is None:
+            if self.class_counts is None:
+                raise ValueError(
+                    "ClimbQ mode 'paper' needs the training-set class counts: pass class_counts to set_class_labels"
+                )
+            num_classes = self.class_counts.numel()
+            if int(self.labels.max()) >= num_classes:
+                raise ValueError(f"ClimbQ got label {int(self.labels.max())} but only {num_classes} class counts")
+            self._class_batch_counts = torch.bincount(self.labels, minlength=num_classes)
+        return self._class_batch_counts
 
 
-def _paper_standardise(x: Tensor, labels: Tensor, class_counts: Tensor | None) -> Tensor:
+def _paper_standardise(x: Tensor, stats: BatchLabels) -> Tensor:
     """(x - mu_y) / (c_y sigma_y) with per-class batch statistics and c_k = 2 - n_k / N."""
-    if class_counts is None:
-        raise ValueError(
-            "ClimbQ mode 'paper' needs the training-set class counts: pass class_counts to set_class_labels"
-        )
+    batch_counts = stats.class_batch_counts.to(x.dtype)
+    labels, class_counts = stats.labels, stats.class_counts
+    assert class_counts is not None  # checked by class_batch_counts
     num_classes = class_counts.numel()
-    if int(labels.max()) >= num_classes:
-        raise ValueError(f"ClimbQ got label {int(labels.max())} but only {num_classes} class counts")
     flat = x.reshape(x.shape[0], -1)
     per_sample = flat.shape[1]
-    batch_counts = torch.bincount(labels, minlength=num_classes).to(x.dtype)
     sums = torch.zeros(num_classes, dtype=x.dtype, device=x.device).index_add(0, labels, flat.sum(1))
     mean = sums / (batch_counts * per_sample).clamp_min(1.0)
     deviation = flat - mean[labels].unsqueeze(1)
@@ -319,9 +357,11 @@ def set_class_labels(model: nn.Module, labels: Tensor, class_counts: Tensor | li
     Used only in training mode; call :func:`clear_class_labels` after the step.
     """
     counts = None if class_counts is None else torch.as_tensor(class_counts, device=labels.device)
+    shared = BatchLabels(labels, counts)
     for quantizer in activation_quantizers(model):
         quantizer.labels = labels
         quantizer.class_counts = counts
+        quantizer.batch_labels = shared
 
 
 def clear_class_labels(model: nn.Module) -> None:
@@ -329,3 +369,4 @@ def clear_class_labels(model: nn.Module) -> None:
     for quantizer in activation_quantizers(model):
         quantizer.labels = None
         quantizer.class_counts = None
+        quantizer.batch_labels = None

@@ -1,16 +1,24 @@
-"""HomoVar loss of ClimbQ+ ([CQ] Sec. 3.2-3.3, SPEC §4.4): class weights from Levene-test size bounds.
+"""HomoVar loss of ClimbQ+ ([CQ] Sec. 3.2-3.3, SPEC §4.4): class weights from Levene-test bounds on class sizes.
 
-Per training batch: z_i = L1 distance of sample i's pooled feature vector from its class's batch mean; the
-dataset-level Levene quantities are estimated from the batch (SPEC "Scale:"); Theorem 3.2's bounds
-[n_L,k, n_U,k] on each class size follow from W <= F_{1-alpha}(K-1, N-K); the expected size and the distance
-d_k = |n_k - n_e,k| give the class-balanced weight w_k = (1 - beta^(1/d_k)) / (1 - beta^(n_k/d_k)), normalised to
-sum to K. The derivation of the bounds is in docs/climbq.md.
+Stateless: every training batch's weights come from that batch alone (no estimates are carried between batches).
+Two modes, plus an ablation:
+
+- ``official``: the arithmetic of tinganchen/ClimbQ ``utils/lt_loss.py`` with its quirks (batch sums over dataset
+  counts, an unweighted grand mean, F with dataset degrees of freedom); softmax + weighted binary cross-entropy.
+- ``paper``: Levene's test on the batch (classes with >= 2 samples, small-sample-corrected spreads), Theorem 3.2's
+  bounds on the batch class size, distances mapped back to dataset units; weighted cross-entropy.
+- ``class_balanced``: not HomoVar. Cui et al.'s class-balanced weights (every distance 1) on cross-entropy, the
+  ablation that tells whether HomoVar adds anything over plain re-weighting.
+
+Weights are w_k = (1 - beta^(1/d_k)) / (1 - beta^(n_k/d_k)), normalised to sum to K, without gradient. The
+derivation of the bounds is in docs/climbq.md.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import scipy.stats
@@ -18,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-LossMode = Literal["official", "paper"]
+LossMode = Literal["official", "paper", "class_balanced"]
+LOSS_MODES: tuple[str, ...] = ("official", "paper", "class_balanced")
 BELOW, INSIDE, ABOVE, UNDEFINED = -1, 0, 1, 2
 POSITION_NAMES = {BELOW: "below", INSIDE: "inside", ABOVE: "above", UNDEFINED: "undefined"}
 
@@ -59,8 +68,9 @@ def levene_w_class_size(counts: Tensor, means: Tensor, within_ss: Tensor, k: int
     return (between.sum() - between[k] + between_k) / (num_classes - 1) / mean_within
 
 
+@functools.lru_cache(maxsize=4096)
 def f_critical(alpha: float, num_classes: int, total: float) -> float:
-    """F_{1-alpha}(K-1, N-K), the Levene test's rejection threshold."""
+    """F_{1-alpha}(K-1, N-K), the Levene test's rejection threshold (cached: batches repeat the same sizes)."""
     return float(scipy.stats.f.ppf(1.0 - alpha, num_classes - 1, total - num_classes))
 
 
@@ -91,19 +101,11 @@ def size_bounds(counts: Tensor, means: Tensor, within_ss: Tensor, f_crit: float)
 
 
 def class_positions(counts: Tensor, lower: Tensor, upper: Tensor, real: Tensor) -> Tensor:
-    """BELOW / INSIDE / ABOVE the bounds, or UNDEFINED (no real bounds), per class."""
-    positions = torch.full(counts.shape, INSIDE, dtype=torch.long)
-    positions[real & (counts < lower)] = BELOW
-    positions[real & (counts > upper)] = ABOVE
-    positions[~real] = UNDEFINED
-    return positions
-
-
-def expected_sizes(counts: Tensor, lower: Tensor, upper: Tensor, real: Tensor) -> Tensor:
-    """n_e,k: the nearest bound outside [n_L, n_U], else n_k - 1 (also n_k - 1 without real bounds, so d_k = 1)."""
-    expected = counts - 1.0
-    expected = torch.where(real & (counts < lower), lower, expected)
-    return torch.where(real & (counts > upper), upper, expected)
+    """BELOW / INSIDE / ABOVE the bounds, or UNDEFINED (no real bounds), per class (BELOW wins a tie)."""
+    below = real & (counts < lower)
+    above = real & (counts > upper) & ~below
+    positions = torch.where(below, BELOW, torch.where(above, ABOVE, INSIDE))
+    return torch.where(real, positions, UNDEFINED)
 
 
 def class_balanced_weights(counts: Tensor, distance: Tensor, beta: float) -> Tensor:
@@ -112,69 +114,108 @@ def class_balanced_weights(counts: Tensor, distance: Tensor, beta: float) -> Ten
     return weights / weights.sum() * counts.numel()
 
 
-def homovar_weights(
-    counts: Tensor, means: Tensor, within_ss: Tensor, alpha: float, beta: float
+def official_weights(
+    features: Tensor, labels: Tensor, class_counts: Tensor, f_crit: float, beta: float
 ) -> tuple[Tensor, Tensor]:
-    """Class weights and positions (BELOW/INSIDE/ABOVE/UNDEFINED) from dataset-level Levene statistics.
+    """Class weights and positions by the arithmetic of the official ``lt_loss.py`` (SPEC §4.4 ``official``).
+
+    m_k = (batch sum of x over class k) / n_k; z_i = sum_d |x_id - m_{y_i,d}| 1[x_id != 0]; zbar_k = S_k / n_k;
+    zbar = unweighted mean of zbar_k over all K classes; MSW over the samples with z_i != 0, divided by N - K;
+    roots |2 zbar S_k + C_k -/+ sqrt(D_k)| / (2 zbar^2); d_k the distance to the crossed bound, else 1.
 
     Args:
-        counts: Training-set class sizes n_k, float64 [K].
-        means: Mean of z per class, [K].
-        within_ss: Within-class sum of squares of z (scalar).
-        alpha: Significance level of the Levene test.
-        beta: Class-balanced weighting factor in (0, 1).
+        features: Pooled features x_i, [B, D] (float64, no gradient).
+        labels: Class of each sample, [B].
+        class_counts: Training-set class sizes n_k, float64 [K] on the features' device.
+        f_crit: F_{1-alpha}(K-1, N-K) with the dataset's K and N.
+        beta: Class-balanced weighting factor.
     """
-    f_crit = f_critical(alpha, counts.numel(), float(counts.sum()))
-    lower, upper, real = size_bounds(counts, means, within_ss, f_crit)
-    expected = expected_sizes(counts, lower, upper, real)
-    distance = (counts - expected).abs()
-    return class_balanced_weights(counts, distance, beta), class_positions(counts, lower, upper, real)
+    counts, num_classes = class_counts, class_counts.numel()
+    sums = torch.zeros(num_classes, features.shape[1], dtype=features.dtype, device=features.device)
+    class_mean = sums.index_add(0, labels, features) / counts.unsqueeze(1)
+    z = ((features - class_mean[labels]).abs() * (features != 0)).sum(1)
+    spread_sum = torch.zeros_like(counts).index_add(0, labels, z)
+    spread_mean = spread_sum / counts
+    grand_mean = spread_mean.mean()
+    mean_within = ((z - spread_mean[labels]) ** 2 * (z != 0)).sum() / (counts.sum() - num_classes)
+    between = counts * (spread_mean - grand_mean) ** 2
+    slack = (num_classes - 1) * f_crit * mean_within - (between.sum() - between)
+    half_b = 2.0 * grand_mean * spread_sum + slack
+    root = (half_b**2 - 4.0 * grand_mean**2 * spread_sum**2).sqrt()  # NaN when negative: no bounds
+    lower = (half_b - root).abs() / (2.0 * grand_mean**2)
+    upper = (half_b + root).abs() / (2.0 * grand_mean**2)
+    real = torch.isfinite(lower) & torch.isfinite(upper)
+    positions = class_positions(counts, lower, upper, real)
+    distance = torch.where(positions == BELOW, lower - counts, torch.where(positions == ABOVE, counts - upper, 1.0))
+    return class_balanced_weights(counts, distance, beta), positions
 
 
-def feature_spread(features: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-class batch count, mean and (population) variance of z_i = ||f_i - mean of f over i's class||_1."""
-    features = features.detach().to(torch.float64)
-    counts = torch.bincount(labels, minlength=num_classes).to(torch.float64)
-    centers = torch.zeros(num_classes, features.shape[1], dtype=torch.float64, device=features.device)
-    centers = centers.index_add(0, labels, features) / counts.clamp_min(1.0).unsqueeze(1)
-    z = (features - centers[labels]).abs().sum(1)
-    means = torch.zeros_like(counts).index_add(0, labels, z) / counts.clamp_min(1.0)
-    squares = torch.zeros_like(counts).index_add(0, labels, (z - means[labels]) ** 2)
-    return counts, means, squares / counts.clamp_min(1.0)
+def paper_weights(
+    features: Tensor, labels: Tensor, class_counts: Tensor, alpha: float, beta: float
+) -> tuple[Tensor, Tensor]:
+    """Class weights and positions from Levene's test on the batch (SPEC §4.4 ``paper``).
+
+    Only classes with b_k >= 2 batch samples take part: z_i = ||x_i - xbar_{y_i}||_1 sqrt(b_k / (b_k - 1)), the
+    n-weighted grand mean, F_{1-alpha}(K_b - 1, B - K_b); Theorem 3.2's bounds on b_k give b_e,k (the nearest bound
+    outside them, b_k - 1 inside) and d_k = |b_k - b_e,k| n_k / b_k. Other classes, and all when fewer than two
+    classes take part or the bounds are not real, get d_k = 1 and position UNDEFINED.
+
+    Args:
+        features: Pooled features x_i, [B, D] (float64, no gradient).
+        labels: Class of each sample, [B].
+        class_counts: Training-set class sizes n_k, float64 [K] on the features' device.
+        alpha: Significance level of the test.
+        beta: Class-balanced weighting factor.
+    """
+    num_classes = class_counts.numel()
+    batch_counts = torch.bincount(labels, minlength=num_classes).to(features.dtype)
+    usable = batch_counts >= 2
+    distance = torch.ones_like(class_counts)
+    positions = torch.full((num_classes,), UNDEFINED, dtype=torch.long, device=features.device)
+    taking_part = int(usable.sum())
+    if taking_part < 2:
+        return class_balanced_weights(class_counts, distance, beta), positions
+    sizes = batch_counts.clamp_min(1.0)
+    centers = torch.zeros(num_classes, features.shape[1], dtype=features.dtype, device=features.device)
+    centers = centers.index_add(0, labels, features) / sizes.unsqueeze(1)
+    correction = (sizes / (sizes - 1.0).clamp_min(1.0)).sqrt()
+    z = (features - centers[labels]).abs().sum(1) * correction[labels]
+    spread_mean = torch.zeros_like(sizes).index_add(0, labels, z) / sizes
+    within = torch.zeros_like(sizes).index_add(0, labels, (z - spread_mean[labels]) ** 2)
+    b = batch_counts[usable]
+    f_crit = f_critical(alpha, taking_part, float(b.sum()))
+    lower, upper, real = size_bounds(b, spread_mean[usable], within[usable].sum(), f_crit)
+    class_position = class_positions(b, lower, upper, real)
+    expected = torch.where(class_position == BELOW, lower, torch.where(class_position == ABOVE, upper, b - 1.0))
+    in_dataset_units = (b - expected).abs() * class_counts[usable] / b
+    distance[usable] = torch.where(real, in_dataset_units, 1.0)
+    positions[usable] = class_position
+    return class_balanced_weights(class_counts, distance, beta), positions
 
 
 def weighted_loss(logits: Tensor, targets: Tensor, class_weights: Tensor, mode: LossMode) -> Tensor:
-    """``paper``: mean_i w_{y_i} CE_i; ``official``: softmax + BCE weighted by w_{y_i}, mean over batch x classes."""
+    """``official``: softmax + BCE weighted by w_{y_i}, mean over batch x classes; otherwise mean_i w_{y_i} CE_i."""
     logits = logits.float()
     sample_weights = class_weights.to(logits.device, logits.dtype)[targets]
-    if mode == "paper":
+    if mode != "official":
         return (sample_weights * F.cross_entropy(logits, targets, reduction="none")).mean()
     one_hot = F.one_hot(targets, logits.shape[1]).to(logits.dtype)
     weight = sample_weights.unsqueeze(1).expand_as(one_hot)
     return F.binary_cross_entropy(logits.softmax(dim=1), one_hot, weight=weight)
 
 
-@dataclass
-class _Estimates:
-    """Last batch estimate of each class's mean and variance of z (NaN until the class had >= 2 samples)."""
-
-    means: Tensor
-    variances: Tensor
-
-    @property
-    def known(self) -> Tensor:
-        return ~torch.isnan(self.means)
-
-
 class HomoVarLoss:
     """ClimbQ+'s HomoVar loss, usable as the task's criterion (``loss(ctx) -> scalar``).
 
-    Estimates are updated from training batches only; other stages get plain cross-entropy so evaluation losses do
-    not depend on the training history. Not an ``nn.Module``: it holds no trainable or checkpointed state.
+    Weights are recomputed from every training batch alone; other stages get plain cross-entropy so evaluation
+    losses do not depend on the batch. Not an ``nn.Module``: it holds no trainable or checkpointed state, so an
+    interrupted fit resumes exactly. ``last_weights`` and ``last_positions`` keep the latest batch's result for
+    logging only.
 
     Args:
         class_counts: Training-set size of every class (from the data module).
-        mode: "official" (softmax + weighted BCE) or "paper" (weighted cross-entropy).
+        mode: "official" (the published code), "paper" (Levene's test on the batch) or "class_balanced" (the
+            ablation: Cui et al.'s weights on cross-entropy, no test).
         alpha: Significance level of the Levene test, in (0, 1).
         beta: Class-balanced weighting factor, in (0, 1).
     """
@@ -188,8 +229,9 @@ class HomoVarLoss:
         self.alpha = alpha
         self.beta = beta
         num_classes = self.class_counts.numel()
-        nan = torch.full((num_classes,), float("nan"), dtype=torch.float64)
-        self.estimates = _Estimates(nan.clone(), nan.clone())
+        self._official_f = f_critical(alpha, num_classes, float(self.class_counts.sum()))
+        self._balanced = class_balanced_weights(self.class_counts, torch.ones_like(self.class_counts), beta)
+        self._device_counts: dict[torch.device, Tensor] = {}
         self.last_weights = torch.ones(num_classes, dtype=torch.float64)
         self.last_positions = torch.full((num_classes,), UNDEFINED, dtype=torch.long)
 
@@ -198,39 +240,33 @@ class HomoVarLoss:
         return self.class_counts.numel()
 
     def position_counts(self) -> dict[str, int]:
-        """How many classes were below / inside / above their bounds (or had none) at the last update."""
+        """How many classes were below / inside / above their bounds (or had none) in the last batch."""
         return {name: int((self.last_positions == code).sum()) for code, name in POSITION_NAMES.items()}
 
-    def update(self, features: Tensor, targets: Tensor) -> Tensor:
-        """Update the estimates from one batch and return the new class weights (no gradient)."""
+    def weights(self, features: Tensor, targets: Tensor) -> Tensor:
+        """The class weights of one batch (no gradient); also kept, with the positions, for logging."""
+        if self.mode == "class_balanced":
+            self.last_weights = self._balanced
+            return self._balanced
         with torch.no_grad():
-            batch_counts, means, variances = feature_spread(features, targets, self.num_classes)
-            seen = (batch_counts >= 2).cpu()  # one sample has z = 0 by construction: no spread estimate
-            self.estimates.means[seen] = means.cpu()[seen]
-            self.estimates.variances[seen] = variances.cpu()[seen]
-            self.last_weights, self.last_positions = self._weights()
-        return self.last_weights
+            x = features.detach().to(torch.float64)
+            counts = self._counts_on(x.device)
+            if self.mode == "official":
+                weights, positions = official_weights(x, targets, counts, self._official_f, self.beta)
+            else:
+                weights, positions = paper_weights(x, targets, counts, self.alpha, self.beta)
+        self.last_weights, self.last_positions = weights.cpu(), positions.cpu()
+        return weights
 
-    def _weights(self) -> tuple[Tensor, Tensor]:
-        known = self.estimates.known
-        weights = torch.ones(self.num_classes, dtype=torch.float64)
-        positions = torch.full((self.num_classes,), UNDEFINED, dtype=torch.long)
-        if int(known.sum()) < 2:
-            return weights, positions
-        counts = self.class_counts[known]
-        within_ss = (counts * self.estimates.variances[known]).sum()
-        if within_ss <= 0:
-            return weights, positions
-        weights[known], positions[known] = homovar_weights(
-            counts, self.estimates.means[known], within_ss, self.alpha, self.beta
-        )
-        return weights, positions
+    def _counts_on(self, device: torch.device) -> Tensor:
+        if device not in self._device_counts:
+            self._device_counts[device] = self.class_counts.to(device)
+        return self._device_counts[device]
 
     def __call__(self, ctx: Any) -> Tensor:
         if ctx.stage not in ("train", "fit"):
             return F.cross_entropy(ctx.logits.float(), ctx.targets)
-        weights = self.update(ctx.features, ctx.targets)
-        return weighted_loss(ctx.logits, ctx.targets, weights, self.mode)
+        return weighted_loss(ctx.logits, ctx.targets, self.weights(ctx.features, ctx.targets), self.mode)
 
 
 def _validate(class_counts: Sequence[int], mode: str, alpha: float, beta: float) -> None:
@@ -240,11 +276,10 @@ def _validate(class_counts: Sequence[int], mode: str, alpha: float, beta: float)
     check_settings(mode, alpha, beta, prefix="HomoVar ")
 
 
-def check_settings(mode: str, alpha: float, beta: float, prefix: str) -> None:
-    """Validate ``mode``, ``alpha`` and ``beta``; ``prefix`` names the setting in the message (e.g. "ClimbQ.")."""
-    if mode not in ("official", "paper"):
-        raise ValueError(f"{prefix}mode must be 'official' or 'paper', got {mode!r}")
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"{prefix}alpha must be in (0, 1), got {alpha!r}")
-    if not 0.0 < beta < 1.0:
-        raise ValueError(f"{prefix}beta must be in (0, 1), got {beta!r}")
+def check_settings(mode: str, alpha: float, beta: float, prefix: str, mode_name: str = "mode") -> None:
+    """Validate the loss ``mode``, ``alpha`` and ``beta``; ``prefix`` + ``mode_name`` name the setting in messages."""
+    if mode not in LOSS_MODES:
+        raise ValueError(f"{prefix}{mode_name} must be one of {LOSS_MODES}, got {mode!r}")
+    for name, value in (("alpha", alpha), ("beta", beta)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and 0.0 < value < 1.0):
+            raise ValueError(f"{prefix}{name} must be a number in (0, 1), got {value!r}")

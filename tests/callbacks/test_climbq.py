@@ -8,6 +8,7 @@ import pytest
 import torch
 from fakedata import make_fake_cifar
 from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from tiny import quiet_trainer
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -68,10 +69,16 @@ def test_bad_settings_fail_in_init(kwargs: dict) -> None:
         ClimbQ(**kwargs)
 
 
-@pytest.mark.parametrize("kwargs", [dict(beta=1.0), dict(exclude=[""])])
+@pytest.mark.parametrize("kwargs", [dict(beta=1.0), dict(exclude=[""]), dict(homovar_mode="levene")])
 def test_more_bad_settings_fail_in_init(kwargs: dict) -> None:
     with pytest.raises(ValueError, match=f"ClimbQ.{next(iter(kwargs))}"):
         ClimbQ(**kwargs)
+
+
+def test_bad_homovar_mode_message_names_value_and_allowed_values() -> None:
+    allowed = r"\('official', 'paper', 'class_balanced'\)"
+    with pytest.raises(ValueError, match=rf"ClimbQ.homovar_mode must be one of {allowed}, got 'levene'"):
+        ClimbQ(homovar=True, homovar_mode="levene")  # type: ignore[arg-type]
 
 
 def test_no_class_counts_is_a_clear_error(tmp_path: Path) -> None:
@@ -107,7 +114,8 @@ def test_climbq_plus_fit_uses_labels_only_in_training_and_reloads_give_equal_met
 
     record = climbq.compression_record()
     assert record["method"] == "climbq" and record["weight_bits"] == record["activation_bits"] == 2
-    assert record["homovar"] is True and record["mode"] == "official" and len(record["layers"]) == 19
+    assert record["homovar"] is True and record["mode"] == record["homovar_mode"] == "official"
+    assert len(record["layers"]) == 19  # option A: no shortcut convs
     dense = model_size(_task().model)["weight_storage_bits"]
     quantized_convs = sum(m.weight.numel() for m in task.model.modules() if isinstance(m, ClimbQConv2d))
     assert model_size(task.model)["weight_storage_bits"] == dense - 30 * quantized_convs
@@ -145,3 +153,56 @@ def test_composes_with_pruning_and_distillation(tmp_path: Path, cifar_root: Path
     path = tmp_path / "student.ckpt"
     trainer.save_checkpoint(path)
     assert _test_metrics(_trainer(tmp_path), ImbalanceClassifier.load_from_checkpoint(path), cifar_root) == fit_metrics
+
+
+@pytest.mark.parametrize("homovar_mode", ["paper", "class_balanced"])
+def test_homovar_mode_picks_the_loss_independently_of_the_quantizer_mode(
+    tmp_path: Path, cifar_root: Path, homovar_mode: str
+) -> None:
+    climbq = ClimbQ(bits=2, homovar=True, homovar_mode=homovar_mode)  # type: ignore[arg-type]
+    task = _task()
+    _trainer(tmp_path, callbacks=[climbq], limit_train_batches=1).fit(task, datamodule=_datamodule(cifar_root))
+    assert isinstance(task.criterion, HomoVarLoss) and task.criterion.mode == homovar_mode
+    assert climbq.compression_record()["mode"] == "official"
+    assert climbq.compression_record()["homovar_mode"] == homovar_mode
+
+
+class Interrupt(Callback):
+    """Simulates a crash after a given optimisation step."""
+
+    def __init__(self, at_step: int) -> None:
+        self.at_step = at_step
+
+    def on_train_batch_end(self, trainer: Trainer, *args: object) -> None:
+        if trainer.global_step == self.at_step:
+            raise RuntimeError("simulated interruption")
+
+
+def _resumable_fit(
+    root: Path, workdir: Path, homovar_mode: str, interrupt_at: int | None = None, ckpt: str | None = None
+) -> ImbalanceClassifier:
+    task = _task(channels_last=False, scheduler="cosine")
+    callbacks: list[Callback] = [
+        ClimbQ(bits=2, homovar=True, homovar_mode=homovar_mode),  # type: ignore[arg-type]
+        ModelCheckpoint(dirpath=workdir / "ckpt", save_last=True, save_top_k=0, every_n_train_steps=2),
+    ]
+    if interrupt_at is not None:
+        callbacks.append(Interrupt(interrupt_at))
+    trainer = _trainer(
+        workdir, callbacks=callbacks, limit_train_batches=None, enable_checkpointing=True,
+        precision="32-true", deterministic=True,
+    )  # fmt: skip
+    trainer.fit(task, datamodule=_datamodule(root), ckpt_path=ckpt)
+    return task
+
+
+def test_climbq_plus_resumes_mid_epoch_to_the_uninterrupted_result(tmp_path: Path, cifar_root: Path) -> None:
+    # 46 images, batch 16: 3 steps in the epoch; the crash after step 3 resumes from the step-2 checkpoint.
+    reference = _resumable_fit(cifar_root, tmp_path / "reference", "paper")
+    with pytest.raises(RuntimeError, match="simulated interruption"):
+        _resumable_fit(cifar_root, tmp_path / "interrupted", "paper", interrupt_at=3)
+    last = tmp_path / "interrupted" / "ckpt" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 2  # mid-epoch
+    resumed = _resumable_fit(cifar_root, tmp_path / "interrupted", "paper", ckpt=str(last))
+    for (name, a), (_, b) in zip(reference.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), f"{name} differs after resume"

@@ -43,12 +43,30 @@ def test_record_quantizes_every_conv_and_its_bn_but_not_the_classifier() -> None
     apply_transform(model, record)
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     assert len(record["weight_layers"]) == len(convs) == 21  # stem + 18 block convs + 2 shortcut convs
+    assert len(record["activation_layers"]) == 21  # every conv's BN output, the shortcut BNs included
     assert record["weight_layers"][0] == "stem.conv" and "layer2.0.shortcut.1" in record["activation_layers"]
+    assert {"layer2.0.shortcut.0", "layer3.0.shortcut.0"} <= set(record["weight_layers"])
     assert all(isinstance(m, ClimbQConv2d) and m.weight_bits == 3 and m.quantized_by == "climbq" for m in convs)
     assert all(isinstance(m, ClimbQBatchNorm2d) for m in model.modules() if isinstance(m, nn.BatchNorm2d))
     assert type(model.classifier) is nn.Linear and not hasattr(model.classifier, "weight_bits")
     assert list(model.state_dict()) == keys  # quantizers carry no state: checkpoints keep the dense keys
     assert model_size(model)["weight_storage_bits"] < model_size(build_model("resnet20", 4, "B"))["weight_storage_bits"]
+
+
+def test_option_b_resnet20_quantizes_21_feature_maps_in_a_forward_pass_shortcuts_included() -> None:
+    model = _quantized_resnet(2, shortcut="B")
+    outputs, hooks = _collect_features(model)
+    shortcut_bn = model.layer2[0].shortcut[1]
+    assert isinstance(model.layer2[0].shortcut[0], ClimbQConv2d) and isinstance(shortcut_bn, ClimbQBatchNorm2d)
+    images, labels = _batch()
+    set_class_labels(model, labels, [100, 50, 20, 5])
+    model(images)
+    for hook in hooks:
+        hook.remove()
+    assert len(outputs) == 21 and all(out.unique().numel() <= 4 for out in outputs)
+    stem_fp = build_model("resnet20", num_classes=4, shortcut="B")
+    record = climbq_record(stem_fp, 2, exclude=["stem.conv"])
+    assert len(record["weight_layers"]) == len(record["activation_layers"]) == 20  # the `exclude` comparison row
 
 
 def test_exclude_keeps_named_layers_full_precision() -> None:
@@ -249,3 +267,21 @@ def test_composes_with_filter_pruning_in_either_order(prune_first: bool) -> None
     set_class_labels(model, labels, [100, 50, 20, 5])
     model(images).sum().backward()
     assert model.layer2[1].conv1.weight.grad.shape == (5, 32, 3, 3)
+
+
+def test_label_statistics_are_computed_once_per_step_for_all_quantizers(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _quantized_resnet(2, "paper", shortcut="B")
+    images, labels = _batch()
+    calls = []
+    bincount = torch.bincount
+    monkeypatch.setattr(torch, "bincount", lambda *a, **k: calls.append(1) or bincount(*a, **k))
+    set_class_labels(model, labels, [100, 50, 20, 5])
+    model(images)
+    assert len(calls) == 1  # one bincount for 21 feature quantizers (and one label check: one host sync)
+    quantizer = ClimbQActivationQuantizer(2, "paper")
+    quantizer.labels = labels  # set directly, without set_class_labels: no class counts to standardise with
+    with pytest.raises(ValueError, match="needs the training-set class counts"):
+        quantizer(torch.randn(12, 2, 2, 2))
+    set_class_labels(quantizer, labels, [100, 50])
+    with pytest.raises(ValueError, match="got label 3 but only 2 class counts"):
+        quantizer(torch.randn(12, 2, 2, 2))

@@ -1,0 +1,95 @@
+"""The table of ``benchmarks/climbq_comparison.sh``: final-epoch and validation-selected test metrics per row.
+
+Reads ``<out>/fp32/metrics.json`` and, per row and seed, ``<out>/<row>_s<seed>/metrics.json`` (final epoch),
+``<out>/<row>_s<seed>/best/metrics.json`` (the checkpoint with the best validation macro-F1) and that checkpoint's
+epoch. Each row's compression record is checked against what the row claims to be, so a mistyped override fails
+here instead of printing a wrong label. Values are percentages: the mean over seeds, then each seed's value.
+
+    python3 benchmarks/climbq_comparison_table.py runs/climbq_comparison --seeds 0 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# row name -> (label, expected compression record fields)
+ROWS: dict[str, tuple[str, dict[str, Any]]] = {
+    "dorefa_w2a2": ("DoReFa (W2, A2), stem + classifier FP", {"method": "dorefa", "weight_bits": 2}),
+    "climbq_stem_fp": ("ClimbQ 2-bit, stem FP", {"method": "climbq", "homovar": False, "exclude": ["stem.conv"]}),
+    "climbq": ("ClimbQ 2-bit, stem quantized (official)", {"method": "climbq", "homovar": False, "exclude": None}),
+    "climbqplus_official": ("ClimbQ+ official", {"method": "climbq", "homovar_mode": "official"}),
+    "climbqplus_paper": ("ClimbQ+ paper", {"method": "climbq", "homovar_mode": "paper"}),
+    "climbq_cb": ("ClimbQ + class-balanced CE", {"method": "climbq", "homovar_mode": "class_balanced"}),
+}
+
+
+def _load(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise SystemExit(f"missing {path}: run benchmarks/climbq_comparison.sh to the end first")
+    return json.loads(path.read_text())
+
+
+def _scores(metrics: dict[str, Any]) -> tuple[float, float, float]:
+    """Accuracy, macro-F1 and the F1 of the class with the fewest training images, in %."""
+    test, counts = metrics["test"], metrics["train_class_counts"]
+    smallest = min(range(len(counts)), key=counts.__getitem__)
+    return 100 * test["accuracy"], 100 * test["macro_f1"], 100 * test["per_class"]["f1"][smallest]
+
+
+def _check(run: Path, metrics: dict[str, Any], expected: dict[str, Any]) -> None:
+    records = metrics["compression"]
+    if len(records) != 1 or any(records[0].get(key) != value for key, value in expected.items()):
+        raise SystemExit(f"{run}: compression record {records} does not match the row's settings {expected}")
+    if records[0].get("weight_bits") != 2 or records[0].get("activation_bits") != 2:
+        raise SystemExit(f"{run}: expected 2-bit weights and activations, got {records[0]}")
+
+
+def _cell(values: list[float]) -> str:
+    mean = sum(values) / len(values)
+    return f"{mean:.2f}" + (f" ({' / '.join(f'{v:.2f}' for v in values)})" if len(values) > 1 else "")
+
+
+def _row(out: Path, name: str, seeds: list[int]) -> list[str]:
+    label, expected = ROWS[name]
+    final, best, epochs = [], [], []
+    for seed in seeds:
+        run = out / f"{name}_s{seed}"
+        metrics = _load(run / "metrics.json")
+        _check(run, metrics, expected)
+        final.append(_scores(metrics))
+        best.append(_scores(_load(run / "best" / "metrics.json")))
+        checkpoint = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+        epochs.append(str(int(checkpoint["epoch"]) + 1))
+    columns = [_cell([s[i] for s in final]) for i in range(3)] + ["/".join(epochs)]
+    return [label, *columns, *(_cell([s[i] for s in best]) for i in range(3))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, help="the comparison's output directory")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    args = parser.parse_args()
+    parent = _load(args.out / "fp32" / "metrics.json")
+    counts, names = parent["train_class_counts"], parent["class_names"]
+    smallest = min(range(len(counts)), key=counts.__getitem__)
+    print(
+        f"data: {parent['data'].get('dataset')}, {sum(counts)} training images after a val_fraction = "
+        f"{parent['data'].get('val_fraction')} split; smallest class {names[smallest]} ({counts[smallest]} images)"
+    )
+    accuracy, macro_f1, small_f1 = _scores(parent)
+    print(f"FP32 parent (final epoch): accuracy {accuracy:.2f}, macro-F1 {macro_f1:.2f}, F1 smallest {small_f1:.2f}\n")
+    header = ["method", "final: accuracy", "final: macro-F1", "final: F1 smallest class", "best epoch (val)"]
+    header += ["val-best: accuracy", "val-best: macro-F1", "val-best: F1 smallest class"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for name in ROWS:
+        print("| " + " | ".join(_row(args.out, name, args.seeds)) + " |")
+
+
+if __name__ == "__main__":
+    main()
