@@ -12,12 +12,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from imbcompress.atomic import write_json_atomic
 from imbcompress.host import describe_host
+from imbcompress.names import METRICS_FILE, SCHEMA_VERSION
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
-
-METRICS_FILE = "metrics.json"
-SCHEMA_VERSION = 1
 
 
 def _versions() -> dict[str, str]:

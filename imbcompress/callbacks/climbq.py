@@ -9,8 +9,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from imbcompress.compress.climbq import (
-    MAX_BITS,
-    MIN_BITS,
+    check_bits,
     clear_class_labels,
     climbq_record,
     set_class_labels,
@@ -152,8 +151,7 @@ def _class_counts(trainer: Trainer) -> list[int]:
 
 
 def _validate(bits: int, mode: str, alpha: float, beta: float, exclude: list[str] | None) -> None:
-    if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
-        raise ValueError(f"ClimbQ.bits must be an int in [{MIN_BITS}, {MAX_BITS}], got {bits!r}")
+    check_bits(bits, setting="ClimbQ.bits")
     check_settings(mode, alpha, beta, prefix="ClimbQ.")
     if exclude is not None and not all(isinstance(name, str) and name for name in exclude):
         raise ValueError(f"ClimbQ.exclude must be a list of module names, got {exclude!r}")

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from imbcompress.compress.transforms import check_not_quantized, register_transform
+from imbcompress.names import check_bits as _check_bits
 
 Mode = Literal["official", "paper"]
 MODES: tuple[str, ...] = ("official", "paper")
@@ -33,10 +34,9 @@ ACTIVATION_RANGE = 2.0  # official code's act_range: features are mapped back to
 _EPS = 1e-8
 
 
-def check_bits(bits: int) -> None:
-    """Raise ``ValueError`` unless ``bits`` is an int in [2, 8] (B = 1 maps every value to +1 in [CQ]'s code)."""
-    if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
-        raise ValueError(f"ClimbQ bits must be an int in [{MIN_BITS}, {MAX_BITS}], got {bits!r}")
+def check_bits(bits: int, setting: str = "ClimbQ bits") -> None:
+    """Raise ``ValueError`` unless ``bits`` is an int in 2..8 (B = 1 maps every value to +1 in [CQ]'s code)."""
+    _check_bits(setting, bits, MIN_BITS, MAX_BITS)
 
 
 def check_mode(mode: str) -> None:

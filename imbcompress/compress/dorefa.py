@@ -14,17 +14,17 @@ import torch
 from torch import Tensor, nn
 
 from imbcompress.compress.transforms import check_not_quantized, register_transform
+from imbcompress.names import FULL_PRECISION_BITS as FULL_PRECISION
+from imbcompress.names import check_bits as _check_bits
 
 METHOD = "dorefa"
-FULL_PRECISION = 32
 MAX_BITS = 8
 _TINY = 1e-12  # keeps an all-zero weight tensor from dividing by zero
 
 
 def check_bits(setting: str, bits: int) -> None:
-    """Raise a ``ValueError`` naming ``setting`` unless ``bits`` is in 1..8 or 32 (off)."""
-    if isinstance(bits, bool) or not isinstance(bits, int) or not (1 <= bits <= MAX_BITS or bits == FULL_PRECISION):
-        raise ValueError(f"{setting} must be an integer in 1..{MAX_BITS} or {FULL_PRECISION} (off), got {bits!r}")
+    """Raise a ``ValueError`` naming ``setting`` unless ``bits`` is a DoReFa bit width: 1..8, or 32 (off)."""
+    _check_bits(setting, bits, 1, MAX_BITS, full_precision=True)
 
 
 # ----------------------------------------------------------------------------------------------- weights

@@ -14,12 +14,12 @@ from typing import Any
 
 import yaml
 
+from imbcompress.names import HEADS, PROFILES
+
 TOP_KEYS = ("name", "description", "base", "args", "imbalance", "methods", "reference", "seeds")
 VARIANT_KEYS = ("profile", "ratio", "minority_classes", "head")
 METHOD_KEYS = ("fragments", "callbacks", "init_from", "teacher", "distill", "args", "bits", "label")
 DISTILL_KEYS = ("alpha", "temperature")
-PROFILES = ("balanced", "step", "linear", "exponential")
-HEADS = ("first", "last")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.+-]+$")
 KD_CLASS_PATH = "imbcompress.callbacks.KnowledgeDistillation"
 LAST_CKPT = "checkpoints/last.ckpt"

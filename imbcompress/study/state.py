@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import IO
 
 from imbcompress.atomic import write_json_atomic
+from imbcompress.names import METRICS_FILE
 from imbcompress.study.plan import Plan, Run
 from imbcompress.study.spec import LAST_CKPT
 
-METRICS_FILE = "metrics.json"
 STATUS_FILE = "run_status.json"
 LOG_FILE = "run.log"
 LOCK_FILE = ".study.lock"
