@@ -63,7 +63,7 @@ def median_step(stamps: list[float], warmup: int) -> float:
 
 def time_imbcompress(root: Path, model: str, steps: int, warmup: int, workdir: Path) -> float:
     datamodule = ImbalancedDataModule(dataset="cifar10", root=str(root), batch_size=128)
-    task = ImbalanceClassifier(model=model, num_classes=10)  # type: ignore[arg-type]
+    task = ImbalanceClassifier(arch=model, num_classes=10)  # type: ignore[arg-type]
     timer = StepTimer()
     trainer = Trainer(
         accelerator="cpu",
@@ -157,7 +157,7 @@ def time_eval(root: Path, model: str, workdir: Path) -> float:
     trainer = Trainer(
         accelerator="cpu", precision="bf16-mixed", default_root_dir=workdir, logger=False, enable_progress_bar=False
     )
-    task = ImbalanceClassifier(model=model, num_classes=10)  # type: ignore[arg-type]
+    task = ImbalanceClassifier(arch=model, num_classes=10)  # type: ignore[arg-type]
     datamodule.setup("test")
     start = time.perf_counter()
     trainer.test(task, datamodule=datamodule, verbose=False)

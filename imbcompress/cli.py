@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-import torch
 from jsonargparse import Namespace
+from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from imbcompress.callbacks.run_report import RunReport
 from imbcompress.data import ImbalancedDataModule
 from imbcompress.task import ImbalanceClassifier
 
@@ -19,7 +19,7 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 
 
 class ImbCompressCLI(LightningCLI):
-    """LightningCLI with the data -> model links, ``--run_dir`` and test-after-fit."""
+    """LightningCLI with the data -> model links, ``--run_dir``, test-after-fit and a ``RunReport`` in every run."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
@@ -52,18 +52,11 @@ class ImbCompressCLI(LightningCLI):
         if config.get("test_after_fit", True) and not self.trainer.interrupted:
             self.trainer.test(self.model, datamodule=self.datamodule, verbose=False)
 
-    def after_predict(self) -> None:
-        predictions = self.trainer.predict_loop.predictions
-        run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # a collective under DDP: all ranks
-        if not predictions or not self.trainer.is_global_zero:
-            return
-        rows = {key: torch.cat([batch[key] for batch in predictions]) for key in ("prediction", "target")}
-        lines = ["index,target,prediction"] + [
-            f"{i},{int(t)},{int(p)}" for i, (t, p) in enumerate(zip(rows["target"], rows["prediction"]))
-        ]
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "predictions.csv").write_text("\n".join(lines) + "\n")
-        print(f"wrote {run_dir / 'predictions.csv'} ({len(lines) - 1} rows; rank 0's share under DDP)")
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        if not any(isinstance(callback, RunReport) for callback in trainer.callbacks):  # type: ignore[attr-defined]
+            trainer.callbacks.append(RunReport())  # type: ignore[attr-defined]
+        return trainer
 
 
 def run_cli(args: list[str] | None = None, run: bool = True) -> ImbCompressCLI:

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from imbcompress.compress.homovar import check_settings as check_homovar_settings
 from imbcompress.compress.transforms import check_not_quantized, register_transform
 from imbcompress.names import check_bits as _check_bits
 
@@ -37,6 +38,16 @@ _EPS = 1e-8
 def check_bits(bits: int, setting: str = "ClimbQ bits") -> None:
     """Raise ``ValueError`` unless ``bits`` is an int in 2..8 (B = 1 maps every value to +1 in [CQ]'s code)."""
     _check_bits(setting, bits, MIN_BITS, MAX_BITS)
+
+
+def check_settings(
+    bits: int, mode: str, exclude: list[str] | None, alpha: float = 0.05, beta: float = 0.999, prefix: str = "ClimbQ."
+) -> None:
+    """Validate ClimbQ's settings and those of its HomoVar loss (no model needed); ``prefix`` names the owner."""
+    check_bits(bits, setting=f"{prefix}bits")
+    check_homovar_settings(mode, alpha, beta, prefix=prefix)
+    if exclude is not None and not all(isinstance(name, str) and name for name in exclude):
+        raise ValueError(f"{prefix}exclude must be a list of module names, got {exclude!r}")
 
 
 def check_mode(mode: str) -> None:

@@ -27,6 +27,14 @@ def check_bits(setting: str, bits: int) -> None:
     _check_bits(setting, bits, 1, MAX_BITS, full_precision=True)
 
 
+def check_settings(weight_bits: int, activation_bits: int, exclude: list[str] | None, prefix: str = "") -> None:
+    """Validate DoReFa's settings (no model needed); ``prefix`` names the owner in messages, e.g. "QAT."."""
+    check_bits(f"{prefix}weight_bits", weight_bits)
+    check_bits(f"{prefix}activation_bits", activation_bits)
+    if exclude is not None and not all(isinstance(name, str) and name for name in exclude):
+        raise ValueError(f"{prefix}exclude must be a list of module names, got {exclude!r}")
+
+
 # ----------------------------------------------------------------------------------------------- weights
 def _rounding_input(weight: Tensor, bits: int) -> Tensor:
     """What the rounding acts on: ``W`` for k = 1, else ``u = tanh(W) / (2 max|tanh W|) + 1/2`` in [0, 1]."""
