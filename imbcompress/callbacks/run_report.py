@@ -58,10 +58,12 @@ class RunReport(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # After every callback's setup and the checkpoint's restore: the model that is actually trained.
         task = task_of(pl_module, "RunReport")
+        restored = self.fit_state or {}  # the resumed checkpoint's, if any
         self.fit_state = {
             "records": self._callback_records(trainer),
             "resumed_from": None if trainer.ckpt_path is None else str(trainer.ckpt_path),
-            "init_from": task.init_from,
+            # a resumed fit's task gets its weights from the checkpoint; the lineage began at the first fit's init_from
+            "init_from": task.init_from or restored.get("init_from"),
         }
         size = compressed_model_size(task.model, self._sections(task)["compression"])
         rank_zero_info(size_line(size))
