@@ -95,7 +95,7 @@ def run_worker(settings: dict[str, Any]) -> None:
         enable_model_summary=False,
         default_root_dir=settings["workdir"],
     )
-    trainer.fit(ImbalanceClassifier(model=settings["model"], num_classes=10), datamodule=datamodule)
+    trainer.fit(ImbalanceClassifier(arch=settings["model"], num_classes=10), datamodule=datamodule)
     memory = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
     result = {"start": window.start, "end": window.end, "images": steps * settings["batch_size"], "mib": memory}
     Path(settings["result"]).write_text(json.dumps(result))

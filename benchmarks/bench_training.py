@@ -79,7 +79,7 @@ def step_seconds(stamps: list[float], warmup: int, device: str) -> float:
 
 def time_imbcompress(root: Path, model: str, steps: int, warmup: int, workdir: Path, device: str = "cpu") -> float:
     datamodule = ImbalancedDataModule(dataset="cifar10", root=str(root), batch_size=128)
-    task = ImbalanceClassifier(model=model, num_classes=10)  # type: ignore[arg-type]
+    task = ImbalanceClassifier(arch=model, num_classes=10)  # type: ignore[arg-type]
     timer = StepTimer(device, warmup, steps)
     trainer = Trainer(
         accelerator="gpu" if device == "cuda" else "cpu",
@@ -184,7 +184,7 @@ def time_eval(root: Path, model: str, workdir: Path, device: str = "cpu") -> flo
         logger=False,
         enable_progress_bar=False,
     )
-    task = ImbalanceClassifier(model=model, num_classes=10)  # type: ignore[arg-type]
+    task = ImbalanceClassifier(arch=model, num_classes=10)  # type: ignore[arg-type]
     datamodule.setup("test")
     start = time.perf_counter()
     trainer.test(task, datamodule=datamodule, verbose=False)

@@ -98,8 +98,10 @@ def model_state_from_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Tensor]
 
 
 def check_checkpoint_arch(checkpoint: dict[str, Any], arch: str, path: str, setting: str) -> None:
-    """Refuse a task checkpoint whose saved architecture (``hyper_parameters.model``) is not ``arch``."""
-    saved = (checkpoint.get("hyper_parameters") or {}).get("model")
+    """Refuse a task checkpoint whose saved architecture (``hyper_parameters.arch``; ``model`` in older
+    checkpoints) is not ``arch``."""
+    hparams = checkpoint.get("hyper_parameters") or {}
+    saved = hparams.get("arch", hparams.get("model"))
     if saved is not None and saved != arch:
         raise SettingsError(f"{setting}={path!r} is a {saved} checkpoint, but this model is {arch}")
 
@@ -143,5 +145,5 @@ def module_from_checkpoint(cls: type[nn.Module], path: str, setting: str) -> Any
     accepted = inspect.signature(cls).parameters
     module = cls(**{key: value for key, value in hparams.items() if key in accepted})
     module.on_load_checkpoint(checkpoint)  # type: ignore[operator]  # replays the saved compression
-    load_state_checked(module, checkpoint["state_dict"], path, setting, str(hparams.get("model")))
+    load_state_checked(module, checkpoint["state_dict"], path, setting, str(hparams.get("arch", hparams.get("model"))))
     return module

@@ -5,13 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from jsonargparse import Namespace
+from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
 
-from imbcompress.checkpoint import secure_subcommand_config
+from imbcompress.callbacks.run_report import PREDICTIONS_FILE, RunReport
+from imbcompress.checkpoint import load_checkpoint_file, secure_subcommand_config
 from imbcompress.data import ImbalancedDataModule
 from imbcompress.locks import hold_run_dir_lock
+from imbcompress.names import METRICS_FILE
 from imbcompress.task import ImbalanceClassifier
 from imbcompress.yamlio import use_for_config_files
 
@@ -21,8 +24,34 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 }
 
 
+EVALUATING = ("validate", "test", "predict")
+RUN_FILES = ("config.yaml", METRICS_FILE, PREDICTIONS_FILE, "checkpoints")
+
+
+def holds_a_run(path: Path) -> bool:
+    """Whether a run (fit or evaluation) has written into ``path``."""
+    return any((path / name).exists() for name in RUN_FILES)
+
+
+def fresh_run_dir(run_dir: str, subcommand: str) -> str:
+    """``run_dir`` if no run has written there yet, else ``<run_dir>/<subcommand>-<n>`` with the first free n.
+
+    Nothing is created here, so every DDP rank (all parse before any writes: the process group forms first)
+    chooses the same directory.
+    """
+    path = Path(run_dir)
+    if not holds_a_run(path):
+        return run_dir
+    n = 1
+    while (path / f"{subcommand}-{n}").exists():
+        n += 1
+    fresh = str(path / f"{subcommand}-{n}")
+    rank_zero_info(f"{run_dir} holds a run, which {subcommand} never overwrites: writing to {fresh}")
+    return fresh
+
+
 class ImbCompressCLI(LightningCLI):
-    """LightningCLI with the data -> model links, ``--run_dir`` and test-after-fit."""
+    """LightningCLI with the data -> model links, ``--run_dir``, test-after-fit and a ``RunReport`` in every run."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
@@ -31,7 +60,9 @@ class ImbCompressCLI(LightningCLI):
             type=str | None,
             default=None,
             help="Write everything of this run into this directory: TensorBoard logs, config.yaml, "
-            "checkpoints/ and metrics.json (overrides the trainer's logger).",
+            "checkpoints/ and metrics.json (overrides the trainer's logger). validate, test and predict never "
+            "write into a directory that already holds a run (e.g. the fit's, named by its saved config.yaml): "
+            "they write into <run_dir>/<subcommand>-<n>/, the first n not taken.",
         )
         parser.add_argument(
             "--test_after_fit",
@@ -45,11 +76,32 @@ class ImbCompressCLI(LightningCLI):
         if self.config.get("subcommand"):  # --ckpt_path: exists and loads with weights_only=True, before any work
             secure_subcommand_config(self.config[self.config["subcommand"]])
 
+    def _parse_ckpt_path(self) -> None:
+        """Lightning's (the model's arguments come from ``--ckpt_path``'s hyperparameters, so a checkpoint is rebuilt
+        as the architecture it holds; ``init_from``, which checkpoints do not store, is dropped), reading checkpoints
+        written when ``arch`` was called ``model`` too.
+        """
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        hparams = dict(load_checkpoint_file(ckpt_path, setting="ckpt_path").get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        if "model" in hparams and "arch" not in hparams:
+            hparams["arch"] = hparams.pop("model")
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         run_dir = config.get("run_dir")
         if run_dir and self.subcommand == "fit":
             hold_run_dir_lock(run_dir)  # before anything is written: one fit per run directory
+        if run_dir and self.subcommand in EVALUATING:
+            run_dir = config.run_dir = fresh_run_dir(run_dir, self.subcommand)
         if run_dir:
             config.trainer.default_root_dir = run_dir
             config.trainer.logger = Namespace(
@@ -62,18 +114,11 @@ class ImbCompressCLI(LightningCLI):
         if config.get("test_after_fit", True) and not self.trainer.interrupted:
             self.trainer.test(self.model, datamodule=self.datamodule, verbose=False)
 
-    def after_predict(self) -> None:
-        predictions = self.trainer.predict_loop.predictions
-        run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # a collective under DDP: all ranks
-        if not predictions or not self.trainer.is_global_zero:
-            return
-        rows = {key: torch.cat([batch[key] for batch in predictions]) for key in ("prediction", "target")}
-        lines = ["index,target,prediction"] + [
-            f"{i},{int(t)},{int(p)}" for i, (t, p) in enumerate(zip(rows["target"], rows["prediction"]))
-        ]
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "predictions.csv").write_text("\n".join(lines) + "\n")
-        print(f"wrote {run_dir / 'predictions.csv'} ({len(lines) - 1} rows; rank 0's share under DDP)")
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        if not any(isinstance(callback, RunReport) for callback in trainer.callbacks):  # type: ignore[attr-defined]
+            trainer.callbacks.append(RunReport())  # type: ignore[attr-defined]
+        return trainer
 
 
 def run_cli(

@@ -2,32 +2,24 @@
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
-from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from imbcompress.checkpoint import (
-    check_checkpoint_arch,
-    load_checkpoint_file,
-    load_state_checked,
-    model_state_from_checkpoint,
-)
-from imbcompress.compress.transforms import apply_transform
+from imbcompress.compress.transforms import TRANSFORMS_KEY, TransformLog
 from imbcompress.metrics import summarize_confusion
 from imbcompress.models.registry import ModelName, build_model
-from imbcompress.reporting import compressed_model_size, report_test_results
+from imbcompress.schedule import lr_factor, lr_lambda, plan_steps
 
-TRANSFORMS_KEY = "imbcompress_transforms"
+__all__ = ["CompressibleTask", "ImbalanceClassifier", "LossContext", "LossTerm", "cross_entropy", "lr_factor"]
 
 
 @dataclass
@@ -62,11 +54,42 @@ def cross_entropy(ctx: LossContext) -> Tensor:
     return F.cross_entropy(ctx.logits.float(), ctx.targets)
 
 
+@runtime_checkable
+class CompressibleTask(Protocol):
+    """What callbacks may use of the task (``ImbalanceClassifier`` implements it); see docs/architecture.md.
+
+    Attributes:
+        model: The plain ``nn.Module`` being trained (``forward_features`` / ``forward_head``).
+        num_classes: Number of classes.
+        transforms: The structural records applied to ``model``, in order.
+        loss_terms: The registered extra loss terms by name.
+        last_test_results: The whole-test-set results of the last test (set on every rank), or None.
+        init_from: The checkpoint the weights were initialised from, or None.
+    """
+
+    model: Any
+    num_classes: int
+    init_from: str | None
+    transforms: TransformLog
+    loss_terms: dict[str, LossTerm]
+    last_test_results: dict[str, Any] | None
+
+    @property
+    def class_names(self) -> list[str]: ...
+
+    def apply_transform(self, record: dict[str, Any]) -> None: ...
+
+    def add_loss_term(self, name: str, term: LossTerm) -> None: ...
+
+    def set_criterion(self, criterion: Callable[[LossContext], Tensor]) -> None: ...
+
+
 class ImbalanceClassifier(LightningModule):
     """Classifier task: cross-entropy training, per-class evaluation, and hooks for compression callbacks.
 
     Args:
-        model: Architecture name from the model registry.
+        arch: Architecture name from the model registry (checkpoints written before this option was renamed store it
+            as ``model``; they still load).
         num_classes: Number of classes; linked from the data module by the CLI, never typed in a config.
         shortcut: ResNet shortcut on a width/stride change: "A" (zero padding) or "B" (1x1 conv + BN). Leave unset
             for MobileNet-V2; ResNets default to "A".
@@ -89,7 +112,7 @@ class ImbalanceClassifier(LightningModule):
 
     def __init__(
         self,
-        model: ModelName = "resnet20",
+        arch: ModelName = "resnet20",
         num_classes: int = 10,
         shortcut: Literal["A", "B"] | None = None,
         optimizer: Literal["sgd", "adamw"] = "sgd",
@@ -107,10 +130,10 @@ class ImbalanceClassifier(LightningModule):
         super().__init__()
         _validate_hparams(lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs, gamma=gamma)
         self.save_hyperparameters(ignore=["init_from"])
-        self.model: Any = build_model(model, num_classes, shortcut)  # has forward_features / forward_head
+        self.model: Any = build_model(arch, num_classes, shortcut)  # has forward_features / forward_head
         self.channels_last = channels_last
         self.num_classes = num_classes
-        self.transforms: list[dict[str, Any]] = []
+        self.transforms = TransformLog()
         self.loss_terms: dict[str, LossTerm] = {}
         self.criterion: Callable[[LossContext], Tensor] = cross_entropy
         self.val_confusion = MulticlassConfusionMatrix(num_classes)
@@ -118,6 +141,7 @@ class ImbalanceClassifier(LightningModule):
         self.val_loss = MeanMetric()
         self.test_loss = MeanMetric()
         self.last_test_results: dict[str, Any] | None = None
+        self.init_from = init_from
         if init_from is not None:
             self.load_weights(init_from)
 
@@ -139,57 +163,45 @@ class ImbalanceClassifier(LightningModule):
 
     def apply_transform(self, record: dict[str, Any]) -> None:
         """Apply a structural compression record to the model and log it for checkpoint replay."""
-        apply_transform(self.model, record)
-        self.transforms.append(copy.deepcopy(record))
+        self.transforms.apply(self.model, record)
 
     def load_weights(self, path: str) -> None:
         """Initialise the model from a checkpoint file, replaying its structural compression first."""
-        checkpoint = load_checkpoint_file(path, setting="model.init_from")
-        check_checkpoint_arch(checkpoint, self.hparams["model"], path, setting="model.init_from")
-        for record in checkpoint.get(TRANSFORMS_KEY, []):
-            if record not in self.transforms:
-                self.apply_transform(record)
-        state = model_state_from_checkpoint(checkpoint)
-        head = state.get("classifier.weight")
-        if head is not None and head.shape[0] != self.num_classes:
-            raise ValueError(
-                f"model.init_from={path!r} has {head.shape[0]} classes but the data module has {self.num_classes}"
-            )
-        load_state_checked(self.model, state, path, "model.init_from", self.hparams["model"])
+        self.transforms.load_weights(self.model, path, self.num_classes, arch=self.hparams["arch"])
 
     # ----------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[TRANSFORMS_KEY] = copy.deepcopy(self.transforms)
+        checkpoint[TRANSFORMS_KEY] = self.transforms.saved()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        saved = checkpoint.get(TRANSFORMS_KEY, [])
-        applied = len(self.transforms)
-        if saved[:applied] != self.transforms:
-            raise ValueError(
-                "the checkpoint's compression does not match this configuration: checkpoint applied "
-                f"{[r.get('kind') for r in saved]}, the current model {[r.get('kind') for r in self.transforms]}. "
-                "Test a checkpoint with the configuration it was trained with (the run's config.yaml)."
-            )
-        for record in saved[applied:]:
-            self.apply_transform(record)
+        self._match_architecture(checkpoint.get("hyper_parameters") or {})
+        self.transforms.replay(self.model, checkpoint.get(TRANSFORMS_KEY, []))
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
+
+    def _match_architecture(self, saved: dict[str, Any]) -> None:
+        """Rebuild the model for a checkpoint written when ``arch`` was called ``model``; refuse another arch.
+
+        ``load_from_checkpoint`` drops hyperparameters the constructor does not know, so such a checkpoint arrives
+        here with the default architecture.
+        """
+        hp: Any = self.hparams
+        arch = saved.get("arch", saved.get("model"))
+        if not isinstance(arch, str) or arch == hp.arch:
+            return
+        if "arch" in saved or self.transforms:
+            raise ValueError(
+                f"the checkpoint holds a {arch!r} model but model.arch={hp.arch!r}; "
+                "use the configuration the checkpoint was trained with (the run's config.yaml)"
+            )
+        self.model = build_model(arch, self.num_classes, saved.get("shortcut", hp.shortcut))  # type: ignore[arg-type]
+        hp.arch = arch
 
     # ----------------------------------------------------------------- steps
     def setup(self, stage: str) -> None:
         # Runs after the callbacks' setup, i.e. after any structural compression.
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
-
-    def on_fit_start(self) -> None:
-        # After every callback's setup: the size of the model that is actually trained (pruned, quantized, ...).
-        size = compressed_model_size(self.trainer, self.model)
-        rank_zero_info(
-            f"model size: {size['total_params']:,} parameters, NNZ {size['nnz']:,}, "
-            f"weights {size['weight_storage_mib']:.3f} MiB ({size['weight_storage_mibit']:.2f} Mib)"
-        )
-        for logger in self.loggers:
-            logger.log_metrics({f"model_size/{key}": float(value) for key, value in size.items()}, step=0)
 
     def _forward(self, batch: tuple[Tensor, Tensor], stage: str) -> LossContext:
         inputs, targets = batch
@@ -257,12 +269,8 @@ class ImbalanceClassifier(LightningModule):
         self._finish_eval("val", self.val_confusion, self.val_loss)
 
     def on_test_epoch_end(self) -> None:
-        results = self._finish_eval("test", self.test_confusion, self.test_loss)
-        self.last_test_results = results
-        # log_dir is a collective under DDP (a broadcast): every rank must ask for it, not only rank 0.
-        run_dir = self.trainer.log_dir or self.trainer.default_root_dir
-        if self.trainer.is_global_zero:
-            report_test_results(self.trainer, self, results, run_dir)
+        # Every rank holds the whole-set results; the RunReport callback writes them (metrics.json) on rank 0.
+        self.last_test_results = self._finish_eval("test", self.test_confusion, self.test_loss)
 
     @property
     def class_names(self) -> list[str]:
@@ -310,32 +318,10 @@ class ImbalanceClassifier(LightningModule):
     def _lr_factor_fn(self) -> Callable[[int], float]:
         hp: Any = self.hparams
         trainer = self.trainer
-        steps_per_epoch = self._steps_per_epoch()
-        max_epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs > 0 else None
-        total_steps = steps_per_epoch * max_epochs if max_epochs is not None else trainer.max_steps
-        if trainer.max_steps is not None and trainer.max_steps > 0:
-            total_steps = min(total_steps, trainer.max_steps)
-        total_steps = max(1, total_steps)
-        warmup_steps = int(hp.warmup_epochs * steps_per_epoch)
-        if hp.milestones is not None:
-            milestone_steps = [int(epoch) * steps_per_epoch for epoch in hp.milestones]
-        else:  # 50 % and 75 % of the run, in steps, so a one-epoch run does not start at lr x gamma^2
-            milestone_steps = [total_steps // 2, (3 * total_steps) // 4]
-        return lambda step: lr_factor(step, hp.scheduler, warmup_steps, total_steps, milestone_steps, hp.gamma)
-
-
-def lr_factor(
-    step: int, scheduler: str, warmup_steps: int, total_steps: int, milestone_steps: list[int], gamma: float
-) -> float:
-    """Learning-rate multiplier at optimisation step ``step`` (0-based)."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if scheduler == "multistep":
-        return gamma ** sum(step >= milestone for milestone in milestone_steps)
-    if scheduler == "cosine":
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    return 1.0
+        plan = plan_steps(
+            self._steps_per_epoch(), trainer.max_epochs, trainer.max_steps, hp.warmup_epochs, hp.milestones
+        )
+        return lr_lambda(hp.scheduler, plan, hp.gamma)
 
 
 def _validate_hparams(**values: float) -> None:

@@ -45,7 +45,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real 3-class resnet20 task checkpoint."""
     root = tmp_path_factory.mktemp("trained")
     trainer = quiet_trainer(root, max_steps=1)
-    trainer.fit(ImbalanceClassifier(model="resnet20", num_classes=3), train_dataloaders=random_loader(3))
+    trainer.fit(ImbalanceClassifier(arch="resnet20", num_classes=3), train_dataloaders=random_loader(3))
     trainer.save_checkpoint(root / "model.ckpt")
     return root / "model.ckpt"
 
@@ -118,11 +118,11 @@ def test_a_plain_state_dict_is_not_a_teacher(tmp_path: Path) -> None:
 
 def test_init_from_another_architecture_is_one_clear_message(trained: Path, tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match=r"model.init_from='.*model.ckpt' is a resnet20 checkpoint, but this model"):
-        ImbalanceClassifier(model="resnet56", num_classes=3, init_from=str(trained))
+        ImbalanceClassifier(arch="resnet56", num_classes=3, init_from=str(trained))
     bare = tmp_path / "resnet56.pt"  # a bare state dict carries no architecture name: the keys tell
-    torch.save(ImbalanceClassifier(model="resnet56", num_classes=3).model.state_dict(), bare)
+    torch.save(ImbalanceClassifier(arch="resnet56", num_classes=3).model.state_dict(), bare)
     with pytest.raises(SettingsError) as err:
-        ImbalanceClassifier(model="resnet20", num_classes=3, init_from=str(bare))
+        ImbalanceClassifier(arch="resnet20", num_classes=3, init_from=str(bare))
     message = str(err.value)
     assert "do not match architecture resnet20" in message and "unexpected (first: layer1.3." in message
     assert message.count("layer") < 10  # a summary, not the wall of keys
@@ -131,4 +131,4 @@ def test_init_from_another_architecture_is_one_clear_message(trained: Path, tmp_
 def test_a_good_checkpoint_still_loads(trained: Path) -> None:
     assert "state_dict" in load_checkpoint_file(trained, "x")
     task = ImbalanceClassifier(num_classes=3, init_from=str(trained))
-    assert task.hparams["model"] == "resnet20"
+    assert task.hparams["arch"] == "resnet20"

@@ -228,7 +228,7 @@ def test_empty_tail_class_is_an_error(cifar_root: Path, tmp_path: Path) -> None:
 
 def test_unknown_model_and_missing_data_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
-        run_cli(["fit", *BASE, "--model.init_args.model=resnet7", "--data=imbcompress.data.ImbalancedDataModule"])
+        run_cli(["fit", *BASE, "--model.init_args.arch=resnet7", "--data=imbcompress.data.ImbalancedDataModule"])
     assert "resnet20" in capsys.readouterr().err  # the allowed values are listed
     # jsonargparse re-raises errors of __init__ as ValueError, with the original message inside
     with pytest.raises((FileNotFoundError, ValueError), match="cifar10 not found: expected .*nowhere"):

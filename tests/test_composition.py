@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import CONFIGS, fake_data_args, fit, run_ddp_fit
+from cli_helpers import CONFIGS, QUIET, fake_data_args, fit, run_ddp_fit
 from fakedata import make_fake_cifar
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -24,6 +25,7 @@ from imbcompress.callbacks import (
     PostHocAdjustment,
     QuantizationAwareTraining,
 )
+from imbcompress.cli import run_cli
 from imbcompress.data import ImbalancedDataModule
 from imbcompress.task import ImbalanceClassifier
 
@@ -134,6 +136,15 @@ def test_compress_fragments_stack_through_the_cli(data_root: Path, teacher: Path
         "knowledge_distillation",
     ]
     assert metrics["model_size"]["nnz"] == 6_688  # severe: one filter in each pruned conv (SPEC §4.1)
+
+    # Re-tested with a config that has none of the compression fragments: metrics.json still says what the
+    # checkpoint is (its structural records, and the fit-only distillation saved with the run report's state).
+    plain = [arg for arg in args if not any(key in arg for key in ("compress/", "teacher_checkpoint", "init_from"))]
+    ckpt = tmp_path / "run/checkpoints/last.ckpt"
+    run_cli(["test", *plain, f"--ckpt_path={ckpt}", f"--run_dir={tmp_path / 'again'}", *QUIET])
+    again = json.loads((tmp_path / "again/metrics.json").read_text())
+    assert again["test"] == metrics["test"] and again["model_size"] == metrics["model_size"]
+    assert again["compression"] == metrics["compression"]
 
 
 # Long-tail remedies (docs/remedies.md) with compression: every remedy with each compression method at least once.

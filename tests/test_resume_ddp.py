@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from fakedata import make_fake_cifar
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from imbcompress.callbacks import ClimbQ
 from imbcompress.data import ImbalancedDataModule
 from imbcompress.task import ImbalanceClassifier
 
@@ -27,15 +29,21 @@ class Interrupt(Callback):
 
 
 def _run(
-    root: Path, workdir: Path, *, interrupt_at: int | None = None, ckpt_path: str | None = None
+    root: Path,
+    workdir: Path,
+    *,
+    interrupt_at: int | None = None,
+    ckpt_path: str | None = None,
+    methods: Callable[[], list[Callback]] = list,
 ) -> ImbalanceClassifier:
     torch.manual_seed(0)
     datamodule = ImbalancedDataModule(
         dataset="cifar10", root=str(root), profile="exponential", imbalance_ratio=4, batch_size=16, subset_seed=1
     )
-    task = ImbalanceClassifier(model="resnet20", num_classes=10, channels_last=False, lr=0.05, scheduler="cosine")
+    task = ImbalanceClassifier(arch="resnet20", num_classes=10, channels_last=False, lr=0.05, scheduler="cosine")
     callbacks: list[Callback] = [
-        ModelCheckpoint(dirpath=workdir / "ckpt", save_last=True, save_top_k=0, every_n_train_steps=3)
+        *methods(),
+        ModelCheckpoint(dirpath=workdir / "ckpt", save_last=True, save_top_k=0, every_n_train_steps=3),
     ]
     if interrupt_at is not None:
         callbacks.append(Interrupt(interrupt_at))
@@ -56,15 +64,21 @@ def _run(
     return task
 
 
-def test_resume_mid_epoch_matches_uninterrupted_run(tmp_path: Path) -> None:
+# Compression methods whose callbacks keep state across steps must save it (ClimbQ+: HomoVar's estimates).
+METHODS: dict[str, Callable[[], list[Callback]]] = {"fp32": list, "climbq_plus": lambda: [ClimbQ(bits=2, homovar=True)]}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_resume_mid_epoch_matches_uninterrupted_run(method: str, tmp_path: Path) -> None:
     root = make_fake_cifar(tmp_path / "data", train_per_class=20, test_per_class=4)
+    methods = METHODS[method]
     # exp rho 4 on 20/class: 20 17 14 12 10 8 7 5 4 5 ... -> ~ 8 batches of 16 per epoch, 2 epochs
-    reference = _run(root, tmp_path / "reference")
+    reference = _run(root, tmp_path / "reference", methods=methods)
     with pytest.raises(RuntimeError, match="simulated interruption"):
-        _run(root, tmp_path / "interrupted", interrupt_at=11)  # crashes mid-way through epoch 2
+        _run(root, tmp_path / "interrupted", interrupt_at=11, methods=methods)  # crashes mid-way through epoch 2
     last = tmp_path / "interrupted/ckpt/last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == 9  # the last save before the crash: mid-epoch
-    resumed = _run(root, tmp_path / "interrupted", ckpt_path=str(last))
+    resumed = _run(root, tmp_path / "interrupted", ckpt_path=str(last), methods=methods)
     for (name, a), (_, b) in zip(reference.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), f"{name} differs after resume"
     assert reference.last_test_results == resumed.last_test_results

@@ -39,7 +39,7 @@ class ScaledLogitNorm:
 
 
 def test_loss_term_extension_point_combines_as_documented() -> None:
-    task = ImbalanceClassifier(model="resnet20", num_classes=3, channels_last=False)
+    task = ImbalanceClassifier(arch="resnet20", num_classes=3, channels_last=False)
     term = ScaledLogitNorm()
     task.add_loss_term("dummy", term)
     images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
@@ -53,7 +53,7 @@ def test_loss_term_extension_point_combines_as_documented() -> None:
 
 
 def test_loss_term_is_used_in_training_and_gets_gradients(tmp_path: Path) -> None:
-    task = ImbalanceClassifier(model="resnet20", num_classes=3, channels_last=False, lr=0.01)
+    task = ImbalanceClassifier(arch="resnet20", num_classes=3, channels_last=False, lr=0.01)
     term = ScaledLogitNorm()
     task.add_loss_term("dummy", term)
     _trainer(tmp_path).fit(task, train_dataloaders=_loader())
@@ -61,7 +61,7 @@ def test_loss_term_is_used_in_training_and_gets_gradients(tmp_path: Path) -> Non
 
 
 def test_set_criterion_replaces_cross_entropy() -> None:
-    task = ImbalanceClassifier(model="resnet20", num_classes=3, channels_last=False)
+    task = ImbalanceClassifier(arch="resnet20", num_classes=3, channels_last=False)
     task.set_criterion(lambda ctx: ctx.logits.float().sum() * 0)
     ctx = task._forward((torch.randn(2, 3, 32, 32), torch.tensor([0, 1])), "train")
     assert task.compute_loss(ctx)[0].item() == 0.0
@@ -91,7 +91,7 @@ def test_bad_hyperparameters(kwargs: dict, match: str) -> None:
 
 def test_unknown_model_name() -> None:
     with pytest.raises(ValueError, match="model name 'resnet7' is unknown; allowed: resnet20"):
-        ImbalanceClassifier(model="resnet7", num_classes=3)  # type: ignore[arg-type]
+        ImbalanceClassifier(arch="resnet7", num_classes=3)  # type: ignore[arg-type]
 
 
 # A structural transform used only by these tests: widen the classifier's bias to a marker value.
@@ -102,7 +102,7 @@ def _marker(model: nn.Module, record: dict) -> None:
 
 def test_transforms_replay_on_load_and_init_from(tmp_path: Path) -> None:
     assert "test_marker" in TRANSFORMS
-    task = ImbalanceClassifier(model="resnet20", num_classes=3, channels_last=False)
+    task = ImbalanceClassifier(arch="resnet20", num_classes=3, channels_last=False)
     task.apply_transform({"kind": "test_marker", "size": 5})
     with torch.no_grad():
         task.model.classifier.marker.fill_(7.0)
@@ -118,7 +118,7 @@ def test_transforms_replay_on_load_and_init_from(tmp_path: Path) -> None:
     task.eval(), reloaded.eval()
     assert torch.allclose(task(images), reloaded(images))
 
-    initialised = ImbalanceClassifier(model="resnet20", num_classes=3, init_from=str(path), channels_last=False)
+    initialised = ImbalanceClassifier(arch="resnet20", num_classes=3, init_from=str(path), channels_last=False)
     assert initialised.transforms == reloaded.transforms
     assert "init_from" not in initialised.hparams
     assert torch.allclose(initialised.eval()(images), task(images))
@@ -138,3 +138,24 @@ def test_mismatched_checkpoint_compression_is_a_clear_error() -> None:
     task.apply_transform({"kind": "test_marker", "size": 2})
     with pytest.raises(ValueError, match="compression does not match"):
         task.on_load_checkpoint({"imbcompress_transforms": [{"kind": "test_marker", "size": 3}]})
+
+
+def test_checkpoint_whose_hparams_say_model_still_loads(tmp_path: Path) -> None:
+    """Checkpoints written before ``model`` was renamed ``arch`` rebuild their architecture on load."""
+    task = ImbalanceClassifier(arch="resnet32", num_classes=3, shortcut="B", channels_last=False)
+    trainer = _trainer(tmp_path, max_steps=1)
+    trainer.fit(task, train_dataloaders=_loader())
+    path = tmp_path / "old.ckpt"
+    trainer.save_checkpoint(path)
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["hyper_parameters"]["model"] = checkpoint["hyper_parameters"].pop("arch")
+    torch.save(checkpoint, path)
+
+    reloaded = ImbalanceClassifier.load_from_checkpoint(path)
+    assert reloaded.hparams["arch"] == "resnet32" and len(reloaded.model.layer1) == 5
+    images = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(reloaded.eval()(images), task.eval()(images))
+    with pytest.raises(ValueError, match="holds a 'resnet32' model but model.arch='resnet20'"):
+        ImbalanceClassifier(arch="resnet20", num_classes=3).on_load_checkpoint(
+            {"hyper_parameters": {"arch": "resnet32"}}
+        )

@@ -9,6 +9,8 @@ import torch
 from lightning.pytorch import Trainer
 from torch.utils.data import DataLoader, TensorDataset
 
+from imbcompress.callbacks.run_report import RunReport
+
 
 def random_loader(num_classes: int, n: int = 16, seed: int = 0, batch_size: int = 8) -> DataLoader:
     """``n`` random 32x32 images with labels cycling through the classes."""
@@ -18,8 +20,15 @@ def random_loader(num_classes: int, n: int = 16, seed: int = 0, batch_size: int 
 
 
 def quiet_trainer(workdir: Path, **kwargs: Any) -> Trainer:
-    """One short CPU epoch (2 train / 2 test batches), no logger, checkpoints, bars or summary; kwargs override."""
+    """One short CPU epoch (2 train / 2 test batches), no logger, checkpoints, bars or summary; kwargs override.
+
+    A ``RunReport`` is added (as the CLI does), so a test writes ``workdir/metrics.json``.
+    """
+    callbacks = list(kwargs.pop("callbacks", None) or [])
+    if not any(isinstance(callback, RunReport) for callback in callbacks):
+        callbacks.append(RunReport())
     defaults: dict[str, Any] = dict(
+        callbacks=callbacks,
         accelerator="cpu",
         max_epochs=1,
         limit_train_batches=2,

@@ -2,36 +2,29 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import Any, Literal
 
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
 from typing_extensions import override
 
-from imbcompress.compress.climbq import (
-    MAX_BITS,
-    MIN_BITS,
-    MODES,
-    clear_class_labels,
-    climbq_record,
-    set_class_labels,
-)
-from imbcompress.compress.homovar import HomoVarLoss, check_settings
-
-if TYPE_CHECKING:
-    from imbcompress.task import ImbalanceClassifier
+from imbcompress.callbacks.base import StructuralCompression, task_of
+from imbcompress.compress.climbq import check_settings, clear_class_labels, climbq_record, set_class_labels
+from imbcompress.compress.homovar import HomoVarLoss
 
 METHOD = "climbq"
 
 
-class ClimbQ(Callback):
+class ClimbQ(StructuralCompression):
     """ClimbQ class-imbalanced quantization ([CQ], SPEC §4.4), and ClimbQ+ with ``homovar=True``.
 
     Quantizes the weights of every convolution and its features (the BatchNorm output before the ReLU) to ``bits``
     bits; the classifier stays in full precision. During training the feature quantizers see the batch labels
     (set before each training step and cleared after it); validation, test and predict use the label-free rule,
     so a checkpoint gives the same metrics with or without this callback. Class counts come from the data module's
-    ``train_class_counts``.
+    ``train_class_counts``. HomoVar is stateless (recomputed from each batch), so a ClimbQ+ run resumed mid-epoch
+    continues exactly with nothing to save.
 
     Args:
         bits: Bit width of weights and features, 2..8.
@@ -46,6 +39,9 @@ class ClimbQ(Callback):
         exclude: Module names (or prefixes such as "layer1") kept in full precision, e.g. ``[stem.conv]``.
     """
 
+    method = METHOD
+    legacy_setting_keys = ("bits", "mode")
+
     def __init__(
         self,
         bits: int = 4,
@@ -56,7 +52,8 @@ class ClimbQ(Callback):
         beta: float = 0.999,
         exclude: list[str] | None = None,
     ) -> None:
-        _validate(bits, mode, homovar_mode, alpha, beta, exclude)
+        super().__init__()
+        check_settings(bits, mode, exclude, homovar_mode, alpha, beta, prefix="ClimbQ.")
         self.bits = bits
         self.mode = mode
         self.homovar = homovar
@@ -64,19 +61,29 @@ class ClimbQ(Callback):
         self.alpha = alpha
         self.beta = beta
         self.exclude = None if exclude is None else list(exclude)
-        self.record: dict[str, Any] | None = None
         self.class_counts: list[int] | None = None
         self.loss: HomoVarLoss | None = None
 
+    @property
+    def settings(self) -> dict[str, Any]:
+        """All arguments: a ClimbQ+ checkpoint is not continued as plain ClimbQ, nor the reverse."""
+        return {
+            "bits": self.bits,
+            "mode": self.mode,
+            "homovar": self.homovar,
+            "homovar_mode": self.homovar_mode,
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "exclude": self.exclude,
+        }
+
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        task = _task(pl_module)
+        task = task_of(pl_module, "ClimbQ")
         if stage == "fit":
             self.class_counts = _class_counts(trainer)
-        self.record = self._existing_record(task)
-        if self.record is None:
-            self.record = climbq_record(task.model, self.bits, self.mode, self.exclude)
-            task.apply_transform(self.record)
+        if self.apply_once(task, lambda: climbq_record(task.model, self.bits, self.mode, self.exclude)):
+            assert self.record is not None
             rank_zero_info(
                 f"ClimbQ ({self.mode}, {self.bits} bits): {len(self.record['weight_layers'])} conv weights and "
                 f"{len(self.record['activation_layers'])} feature maps quantized"
@@ -87,34 +94,21 @@ class ClimbQ(Callback):
                 self.loss = HomoVarLoss(self.class_counts, self.homovar_mode, self.alpha, self.beta)
             task.set_criterion(self.loss)
 
-    def _existing_record(self, task: ImbalanceClassifier) -> dict[str, Any] | None:
-        """The ClimbQ record already applied to the model (e.g. replayed from ``init_from``), if its settings match."""
-        for record in task.transforms:
-            if record.get("kind") != METHOD:
-                continue
-            if (record["bits"], record["mode"]) != (self.bits, self.mode):
-                raise ValueError(
-                    f"the model is already quantized by ClimbQ with bits={record['bits']}, mode={record['mode']!r}; "
-                    f"this ClimbQ callback asks for bits={self.bits}, mode={self.mode!r}"
-                )
-            return record
-        return None
-
     @override
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
-        set_class_labels(_task(pl_module).model, batch[1], self.class_counts)
+        set_class_labels(task_of(pl_module, "ClimbQ").model, batch[1], self.class_counts)
 
     @override
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        clear_class_labels(_task(pl_module).model)
+        clear_class_labels(task_of(pl_module, "ClimbQ").model)
         if self.loss is not None:
             self._log_homovar(pl_module, batch[1].numel())
 
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        clear_class_labels(_task(pl_module).model)  # also when a step was skipped or raised
+        clear_class_labels(task_of(pl_module, "ClimbQ").model)  # also when a step was skipped or raised
 
     def _log_homovar(self, pl_module: LightningModule, batch_size: int) -> None:
         assert self.loss is not None
@@ -123,27 +117,24 @@ class ClimbQ(Callback):
         log |= {f"train/homovar_classes_{key}": float(n) for key, n in self.loss.position_counts().items()}
         pl_module.log_dict(log, on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True)
 
-    def compression_record(self) -> dict[str, Any]:
-        """Plain-data summary of the settings and the quantized modules (for ``metrics.json``)."""
-        record = self.record or {}
+    @classmethod
+    def describe(cls, record: dict[str, Any], model: nn.Module) -> dict[str, Any]:
+        """Settings and the quantized modules, for ``metrics.json`` (``None`` where an older record is silent)."""
+        settings = cls.settings_of(record)
+        homovar = settings.get("homovar")
         return {
             "method": METHOD,
-            "mode": self.mode,
-            "weight_bits": self.bits,
-            "activation_bits": self.bits,
-            "homovar": self.homovar,
-            "homovar_mode": self.homovar_mode if self.homovar else None,
-            "alpha": self.alpha if self.homovar else None,
-            "beta": self.beta if self.homovar else None,
-            "exclude": self.exclude,
+            "mode": record["mode"],
+            "weight_bits": record["bits"],
+            "activation_bits": record["bits"],
+            "homovar": homovar,
+            "homovar_mode": settings.get("homovar_mode") if homovar else None,
+            "alpha": settings.get("alpha") if homovar else None,
+            "beta": settings.get("beta") if homovar else None,
+            "exclude": settings.get("exclude"),
             "layers": record.get("weight_layers"),
             "activations": record.get("activation_layers"),
         }
-
-
-def _task(pl_module: LightningModule) -> ImbalanceClassifier:
-    # The callback works with the project's task (model, transforms, set_criterion); typed for mypy only.
-    return cast("ImbalanceClassifier", pl_module)
 
 
 def _class_counts(trainer: Trainer) -> list[int]:
@@ -156,13 +147,3 @@ def _class_counts(trainer: Trainer) -> list[int]:
             "fit with an imbcompress ImbalancedDataModule (or a data module exposing train_class_counts)"
         )
     return [int(count) for count in counts]
-
-
-def _validate(bits: int, mode: str, homovar_mode: str, alpha: float, beta: float, exclude: list[str] | None) -> None:
-    if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
-        raise ValueError(f"ClimbQ.bits must be an int in [{MIN_BITS}, {MAX_BITS}], got {bits!r}")
-    if mode not in MODES:
-        raise ValueError(f"ClimbQ.mode must be one of {MODES}, got {mode!r}")
-    check_settings(homovar_mode, alpha, beta, prefix="ClimbQ.", mode_name="homovar_mode")
-    if exclude is not None and not all(isinstance(name, str) and name for name in exclude):
-        raise ValueError(f"ClimbQ.exclude must be a list of module names, got {exclude!r}")

@@ -5,16 +5,18 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from typing_extensions import override
 
+from imbcompress.callbacks.base import StructuralCompression, task_of
 from imbcompress.compress.pruning import plan_kept_filters, pruning_record, validate_target
-from imbcompress.compress.size import dense_weight_count, model_size
+from imbcompress.compress.size import dense_weight_count
+
+METHOD = "filter_pruning"  # the structural record's kind (compress/pruning.py)
 
 
-class FilterPruning(Callback):
+class FilterPruning(StructuralCompression):
     """Physically remove the weakest filters of every residual block's inner conv, once, before training.
 
     Filters are ranked by mean |w| (SPEC §4.1); the conv, its BatchNorm and the next conv's input channels shrink,
@@ -34,6 +36,8 @@ class FilterPruning(Callback):
             layer3; MobileNet-V2: the six groups of expanding blocks).
     """
 
+    method = METHOD
+
     def __init__(
         self,
         preset: Literal["mild", "moderate", "severe"] | None = None,
@@ -47,8 +51,6 @@ class FilterPruning(Callback):
         self.target_sparsity = target_sparsity
         self.layer_fractions = dict(layer_fractions) if layer_fractions is not None else None
         self.stage_fractions = list(stage_fractions) if stage_fractions is not None else None
-        self.record: dict[str, Any] | None = None
-        self.nnz_after: int | None = None
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -60,12 +62,6 @@ class FilterPruning(Callback):
             "stage_fractions": self.stage_fractions,
         }
 
-    def _applied_record(self, task: Any) -> dict[str, Any] | None:
-        for record in getattr(task, "transforms", []):
-            if record.get("kind") == "filter_pruning" and record.get("settings") == self.settings:
-                return record
-        return None
-
     def _plan_on_rank_zero(self, trainer: pl.Trainer, model: nn.Module) -> dict[str, Any]:
         # Rank 0 decides; an error is broadcast too, so every rank raises instead of waiting for the plan.
         message: dict[str, Any] = {}
@@ -73,7 +69,7 @@ class FilterPruning(Callback):
             try:
                 kept = plan_kept_filters(model, **self.settings)
                 # The dense count, not the nonzeros: the record must not depend on the weights (replay, resume).
-                message = pruning_record(kept, self.settings) | {"nnz_before": dense_weight_count(model)}
+                message = pruning_record(kept) | {"nnz_before": dense_weight_count(model)}
             except ValueError as err:
                 message = {"error": str(err)}
         message = trainer.strategy.broadcast(message, src=0)
@@ -86,15 +82,8 @@ class FilterPruning(Callback):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if not hasattr(pl_module, "apply_transform"):
-            raise ValueError(f"FilterPruning needs the imbcompress task (apply_transform); got {type(pl_module)}")
-        task: Any = pl_module  # ImbalanceClassifier: model, transforms, apply_transform
-        applied = self._applied_record(task)
-        if applied is None:
-            applied = self._plan_on_rank_zero(trainer, task.model)
-            task.apply_transform(applied)
-        self.record = applied
-        self.nnz_after = int(model_size(task.model)["nnz"])
+        task = task_of(pl_module, "FilterPruning")
+        self.apply_once(task, lambda: self._plan_on_rank_zero(trainer, task.model))
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -104,16 +93,18 @@ class FilterPruning(Callback):
             f"(sparsity {record['sparsity']:.4f}), kept filters {record['kept_filters']}"
         )
 
-    def compression_record(self) -> dict[str, Any]:
-        """Settings, per-layer kept filter counts and NNZ before/after, for ``metrics.json["compression"]``."""
-        record = self.record or {}
-        before, after = record.get("nnz_before"), self.nnz_after
-        sparsity = 1.0 - after / before if before and after is not None else None
+    @classmethod
+    def describe(cls, record: dict[str, Any], model: nn.Module) -> dict[str, Any]:
+        """Settings, per-layer kept filter counts and NNZ before/after, for ``metrics.json["compression"]``.
+
+        ``nnz_after`` is the pruned structure's conv + linear weight count (the [C24] NNZ of the pruned model).
+        """
+        before, after = record.get("nnz_before"), dense_weight_count(model)
         return {
-            "method": "filter_pruning",
-            **self.settings,
+            "method": METHOD,
+            **cls.settings_of(record),
             "kept_filters": record.get("kept_filters"),
             "nnz_before": before,
             "nnz_after": after,
-            "sparsity": sparsity,
+            "sparsity": 1.0 - after / before if before else None,
         }

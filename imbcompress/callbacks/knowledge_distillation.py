@@ -3,31 +3,31 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
 from torch import nn
 from typing_extensions import override
 
+from imbcompress.callbacks.base import CompressionCallback, task_of
 from imbcompress.checkpoint import module_from_checkpoint
 from imbcompress.compress.distillation import DistillationTerm, check_distillation_settings
-
-if TYPE_CHECKING:
-    from imbcompress.task import ImbalanceClassifier
+from imbcompress.task import CompressibleTask, ImbalanceClassifier
 
 TERM_NAME = "distill"
 METHOD = "knowledge_distillation"
 SETTING = "KnowledgeDistillation.teacher_checkpoint"
 
 
-class KnowledgeDistillation(Callback):
+class KnowledgeDistillation(CompressionCallback):
     """Distil a trained teacher into the student (SPEC §4.3).
 
     Loss: ``alpha * T^2 * KL(softmax(z_t / T) || softmax(z_s / T)) + (1 - alpha) * CE(z_s, y)``, through the task's
     loss-term extension point, in the training stage only. The teacher's architecture and compression come from its
     checkpoint (any trained imbcompress model can teach). It is frozen (eval mode, no gradients), runs on the
     student's device under the same autocast, and is held by this callback, so it is neither trained nor saved in
-    the student's checkpoints.
+    the student's checkpoints. It changes no structure: its ``metrics.json`` entry comes from this callback during fit
+    (and, through ``RunReport``, from the checkpoints that fit writes).
 
     Args:
         teacher_checkpoint: Path of the teacher's checkpoint (an ``ImbalanceClassifier`` ``.ckpt`` file trained on
@@ -36,7 +36,10 @@ class KnowledgeDistillation(Callback):
         temperature: Softmax temperature T (> 0).
     """
 
+    method = METHOD
+
     def __init__(self, teacher_checkpoint: str, alpha: float = 0.7, temperature: float = 1.0) -> None:
+        super().__init__()
         check_distillation_settings(alpha, temperature, prefix="KnowledgeDistillation.")
         if not Path(teacher_checkpoint).is_file():
             raise ValueError(
@@ -50,6 +53,11 @@ class KnowledgeDistillation(Callback):
         self.teacher_model_name: str | None = None
 
     @property
+    def settings(self) -> dict[str, Any]:
+        """The arguments as plain data."""
+        return {"teacher_checkpoint": self.teacher_checkpoint, "alpha": self.alpha, "temperature": self.temperature}
+
+    @property
     def teacher(self) -> nn.Module | None:
         """The frozen teacher model, once loaded in ``setup``."""
         return None if self.term is None else self.term.teacher
@@ -58,7 +66,7 @@ class KnowledgeDistillation(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        task = cast("ImbalanceClassifier", pl_module)
+        task = task_of(pl_module, "KnowledgeDistillation")
         if self.term is None:
             self.term = DistillationTerm(self._load_teacher(task), self.alpha, self.temperature)
         if task.loss_terms.get(TERM_NAME) is not self.term:
@@ -66,20 +74,18 @@ class KnowledgeDistillation(Callback):
 
     @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        task = cast("ImbalanceClassifier", pl_module)
+        task = task_of(pl_module, "KnowledgeDistillation")
         if stage == "fit" and self.term is not None and task.loss_terms.get(TERM_NAME) is self.term:
             del task.loss_terms[TERM_NAME]
 
-    def _load_teacher(self, student: ImbalanceClassifier) -> nn.Module:
-        from imbcompress.task import ImbalanceClassifier
-
+    def _load_teacher(self, student: CompressibleTask) -> nn.Module:
         teacher_task = module_from_checkpoint(ImbalanceClassifier, self.teacher_checkpoint, SETTING)
         if teacher_task.num_classes != student.num_classes:
             raise ValueError(
                 f"KnowledgeDistillation.teacher_checkpoint={self.teacher_checkpoint!r} has {teacher_task.num_classes} "
                 f"classes but the student has {student.num_classes}; the teacher must be trained on the same classes"
             )
-        self.teacher_model_name = str(teacher_task.hparams.get("model"))
+        self.teacher_model_name = str(teacher_task.hparams.get("arch"))
         return teacher_task.model
 
     def compression_record(self) -> dict[str, Any]:

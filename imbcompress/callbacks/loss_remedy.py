@@ -59,6 +59,7 @@ class LossRemedy(Callback):
     """
 
     method: ClassVar[str] = ""
+    metrics_section: ClassVar[str] = "remedies"  # RunReport lists metrics_record() there
 
     def __init__(self) -> None:
         self.criterion: Callable[[LossContext], Tensor] | None = None
@@ -85,8 +86,8 @@ class LossRemedy(Callback):
             self.criterion = self.build_criterion(trainer, counts)
         cast("ImbalanceClassifier", pl_module).set_criterion(self.criterion)
 
-    def remedy_record(self) -> dict[str, Any]:
-        """Plain-data summary for ``metrics.json["remedies"]``."""
+    def metrics_record(self) -> dict[str, Any]:
+        """The run-report hook (see ``RunReport``): this remedy's entry in ``metrics.json["remedies"]``."""
         return {"method": self.method, **self.settings(), **self.resolved()}
 
     @override

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -39,6 +39,9 @@ class PostHocAdjustment(Callback):
         tau: Strength >= 0 (logit adjustment: 1 is the Bayes-optimal shift for a balanced test set; tau-norm: 0 is the
             identity, 1 gives unit-norm rows).
     """
+
+    metrics_section: ClassVar[str] = "remedies"  # RunReport lists metrics_record() there ...
+    metrics_at_test: ClassVar[bool] = True  # ... for the tests it runs in, not for the fit
 
     def __init__(self, method: PostHocMethod = "logit_adjustment", tau: float = 1.0) -> None:
         if method not in ("logit_adjustment", "tau_norm"):
@@ -107,6 +110,6 @@ class PostHocAdjustment(Callback):
             )
         return classifier
 
-    def remedy_record(self) -> dict[str, Any]:
-        """Plain-data summary for ``metrics.json["remedies"]``."""
+    def metrics_record(self) -> dict[str, Any]:
+        """The run-report hook (see ``RunReport``): this remedy's entry in ``metrics.json["remedies"]``."""
         return {"method": f"posthoc_{self.method}", "tau": self.tau}

@@ -24,7 +24,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from imbcompress.compress.homovar import check_settings as check_homovar_settings
 from imbcompress.compress.transforms import check_not_quantized, register_transform
+from imbcompress.names import check_bits as _check_bits
 
 Mode = Literal["official", "paper"]
 MODES: tuple[str, ...] = ("official", "paper")
@@ -33,10 +35,27 @@ ACTIVATION_RANGE = 2.0  # official code's act_range: features are mapped back to
 _EPS = 1e-8
 
 
-def check_bits(bits: int) -> None:
-    """Raise ``ValueError`` unless ``bits`` is an int in [2, 8] (B = 1 maps every value to +1 in [CQ]'s code)."""
-    if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
-        raise ValueError(f"ClimbQ bits must be an int in [{MIN_BITS}, {MAX_BITS}], got {bits!r}")
+def check_bits(bits: int, setting: str = "ClimbQ bits") -> None:
+    """Raise ``ValueError`` unless ``bits`` is an int in 2..8 (B = 1 maps every value to +1 in [CQ]'s code)."""
+    _check_bits(setting, bits, MIN_BITS, MAX_BITS)
+
+
+def check_settings(
+    bits: int,
+    mode: str,
+    exclude: list[str] | None,
+    homovar_mode: str = "official",
+    alpha: float = 0.05,
+    beta: float = 0.999,
+    prefix: str = "ClimbQ.",
+) -> None:
+    """Validate ClimbQ's settings and those of its HomoVar loss (no model needed); ``prefix`` names the owner."""
+    check_bits(bits, setting=f"{prefix}bits")
+    if mode not in MODES:
+        raise ValueError(f"{prefix}mode must be one of {MODES}, got {mode!r}")
+    check_homovar_settings(homovar_mode, alpha, beta, prefix=prefix, mode_name="homovar_mode")
+    if exclude is not None and not all(isinstance(name, str) and name for name in exclude):
+        raise ValueError(f"{prefix}exclude must be a list of module names, got {exclude!r}")
 
 
 def check_mode(mode: str) -> None:

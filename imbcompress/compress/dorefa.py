@@ -14,17 +14,25 @@ import torch
 from torch import Tensor, nn
 
 from imbcompress.compress.transforms import check_not_quantized, register_transform
+from imbcompress.names import FULL_PRECISION_BITS as FULL_PRECISION
+from imbcompress.names import check_bits as _check_bits
 
 METHOD = "dorefa"
-FULL_PRECISION = 32
 MAX_BITS = 8
 _TINY = 1e-12  # keeps an all-zero weight tensor from dividing by zero
 
 
 def check_bits(setting: str, bits: int) -> None:
-    """Raise a ``ValueError`` naming ``setting`` unless ``bits`` is in 1..8 or 32 (off)."""
-    if isinstance(bits, bool) or not isinstance(bits, int) or not (1 <= bits <= MAX_BITS or bits == FULL_PRECISION):
-        raise ValueError(f"{setting} must be an integer in 1..{MAX_BITS} or {FULL_PRECISION} (off), got {bits!r}")
+    """Raise a ``ValueError`` naming ``setting`` unless ``bits`` is a DoReFa bit width: 1..8, or 32 (off)."""
+    _check_bits(setting, bits, 1, MAX_BITS, full_precision=True)
+
+
+def check_settings(weight_bits: int, activation_bits: int, exclude: list[str] | None, prefix: str = "") -> None:
+    """Validate DoReFa's settings (no model needed); ``prefix`` names the owner in messages, e.g. "QAT."."""
+    check_bits(f"{prefix}weight_bits", weight_bits)
+    check_bits(f"{prefix}activation_bits", activation_bits)
+    if exclude is not None and not all(isinstance(name, str) and name for name in exclude):
+        raise ValueError(f"{prefix}exclude must be a list of module names, got {exclude!r}")
 
 
 # ----------------------------------------------------------------------------------------------- weights

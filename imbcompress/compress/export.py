@@ -87,7 +87,7 @@ def export_task(task: Any, path: str | Path) -> None:
     """Export an ``ImbalanceClassifier`` (anything with ``model``, ``hparams`` and ``transforms``)."""
     hparams = task.hparams
     architecture = {
-        "name": hparams["model"],
+        "name": hparams.get("arch", hparams.get("model")),  # "model" in checkpoints before the rename
         "num_classes": hparams["num_classes"],
         "shortcut": hparams.get("shortcut"),
     }

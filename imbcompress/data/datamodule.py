@@ -7,7 +7,6 @@ from typing import Any, Literal, get_args
 
 import torch
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
 from imbcompress.data.augment import channel_stats, normalize, random_crop_flip
@@ -45,18 +44,6 @@ def _count_table(names: list[str], train: list[int], test: list[int], val: list[
         lines.append(f"{name:<{width}}" + "".join(f"{counts[c]:>8}" for _, counts in columns))
     lines.append(f"{'total':<{width}}" + "".join(f"{sum(counts):>8}" for _, counts in columns))
     return "\n".join(lines)
-
-
-def _distribution_figure(names: list[str], counts: list[int], title: str) -> Any:
-    from matplotlib.figure import Figure  # only when a TensorBoard logger wants the figure
-
-    figure = Figure(figsize=(max(6.0, 0.12 * len(names)), 3.5), layout="constrained")
-    axes = figure.add_subplot()
-    axes.bar(range(len(counts)), counts, color="tab:blue")
-    axes.set_xticks(range(len(names)), names, rotation=90, fontsize=6 if len(names) > 20 else 8)
-    axes.set_ylabel("training images")
-    axes.set_title(title, fontsize=9)
-    return figure
 
 
 def _check_settings(dataset: str, download: bool, batch_size: int, eval_batch_size: int, val_fraction: float) -> None:
@@ -261,11 +248,7 @@ class ImbalancedDataModule(LightningDataModule):
         if self._val is not None:
             val_counts = torch.bincount(self._val.labels.cpu(), minlength=self.num_classes).tolist()
         print(_count_table(self.class_names, self.train_class_counts, self.test_class_counts, val_counts))
-        loggers = self.trainer.loggers if self.trainer is not None else []
-        for logger in loggers:
-            if isinstance(logger, TensorBoardLogger):
-                figure = _distribution_figure(self.class_names, self.train_class_counts, self._title())
-                logger.experiment.add_figure("data/class_distribution", figure, global_step=0)
+        # The class-count figure is logged by the RunReport callback (imbcompress/callbacks/run_report.py).
 
     def _rank_and_world(self) -> tuple[int, int]:
         if self.trainer is None:
@@ -334,14 +317,6 @@ class ImbalancedDataModule(LightningDataModule):
         return normalize(images, self.mean, self.std), labels
 
     # ----------------------------------------------------------------------------------- reporting
-
-    def _title(self) -> str:
-        settings = f"{self.profile}"
-        if self.profile != "balanced":
-            settings += f", rho={self.imbalance_ratio:g}"
-        if self.minority_classes is not None:
-            settings += f", {self.minority_classes} minority"
-        return f"{self.dataset} training set ({settings}, seed {self.subset_seed})"
 
     def describe(self) -> dict[str, Any]:
         """The data part of ``metrics.json`` (plain values)."""

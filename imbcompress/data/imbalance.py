@@ -7,17 +7,13 @@ is the head by default ([LD] convention) and ``head="last"`` reverses the order 
 
 from __future__ import annotations
 
-from typing import Literal, get_args
-
 import numpy as np
 import torch
 from torch import Tensor
 
-Profile = Literal["balanced", "step", "linear", "exponential"]
-Head = Literal["first", "last"]
-
-PROFILES: tuple[str, ...] = get_args(Profile)
-HEADS: tuple[str, ...] = get_args(Head)
+from imbcompress.names import HEADS, PROFILES
+from imbcompress.names import Head as Head  # re-exported: the data module's option types
+from imbcompress.names import Profile as Profile
 
 # Independent random streams for the subset choice and the validation split, even under one seed.
 _SUBSET_STREAM = 0

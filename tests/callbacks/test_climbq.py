@@ -36,7 +36,7 @@ def _datamodule(root: Path) -> ImbalancedDataModule:
 
 def _task(**kwargs) -> ImbalanceClassifier:
     torch.manual_seed(0)
-    return ImbalanceClassifier(model="resnet20", num_classes=10, lr=0.05, **kwargs)
+    return ImbalanceClassifier(arch="resnet20", num_classes=10, lr=0.05, **kwargs)
 
 
 def _trainer(tmp_path: Path, **kwargs) -> Trainer:

@@ -29,7 +29,7 @@ def _trainer(root: Path, **kwargs) -> Trainer:
 
 def _task(num_classes: int = NUM_CLASSES, **kwargs) -> ImbalanceClassifier:
     torch.manual_seed(0)
-    return ImbalanceClassifier(model="resnet20", num_classes=num_classes, lr=0.05, **kwargs)
+    return ImbalanceClassifier(arch="resnet20", num_classes=num_classes, lr=0.05, **kwargs)
 
 
 def _fit_and_save(root: Path, name: str, num_classes: int = NUM_CLASSES, callbacks: list | None = None) -> str:

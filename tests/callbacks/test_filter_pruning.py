@@ -35,7 +35,7 @@ def _trainer(tmp_path: Path, callbacks: list, **kwargs) -> Trainer:
 
 
 def _task(**kwargs) -> ImbalanceClassifier:
-    return ImbalanceClassifier(model="resnet20", num_classes=NUM_CLASSES, channels_last=False, lr=0.01, **kwargs)
+    return ImbalanceClassifier(arch="resnet20", num_classes=NUM_CLASSES, channels_last=False, lr=0.01, **kwargs)
 
 
 def _fit_checkpoint(tmp_path: Path, callbacks: list, task: ImbalanceClassifier | None = None) -> tuple:
@@ -72,7 +72,7 @@ def test_init_from_prunes_the_trained_weights_and_skips_a_replayed_plan(tmp_path
     task = _task(init_from=dense_ckpt)
     _trainer(tmp_path, [FilterPruning(target_sparsity=0.7)]).fit(task, train_dataloaders=_loader())
     assert task.model.layer2[0].conv1.out_channels == 9  # the architecture-only plan for 70 % on ResNet-20 (A)
-    initial = ImbalanceClassifier(model="resnet20", num_classes=NUM_CLASSES, init_from=dense_ckpt)
+    initial = ImbalanceClassifier(arch="resnet20", num_classes=NUM_CLASSES, init_from=dense_ckpt)
     callback = FilterPruning(target_sparsity=0.7)
     callback.setup(_trainer(tmp_path, []), initial, "fit")
     assert torch.equal(initial.model.layer2[0].conv1.weight, dense.model.layer2[0].conv1.weight[expected])

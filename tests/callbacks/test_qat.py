@@ -37,7 +37,7 @@ def _test_metrics(trainer: Trainer, task: ImbalanceClassifier | None = None, ckp
 
 def _task(**kwargs) -> ImbalanceClassifier:
     torch.manual_seed(0)
-    return ImbalanceClassifier(model="resnet20", num_classes=NUM_CLASSES, lr=0.05, **kwargs)
+    return ImbalanceClassifier(arch="resnet20", num_classes=NUM_CLASSES, lr=0.05, **kwargs)
 
 
 def test_fit_trains_master_weights_and_every_reload_gives_the_same_test_metrics(tmp_path: Path) -> None:
@@ -90,7 +90,7 @@ def test_bf16_channels_last_fit_keeps_activations_on_the_grid(tmp_path: Path) ->
 
 
 def test_compression_record_and_model_size() -> None:
-    task = ImbalanceClassifier(model="resnet20", num_classes=10, channels_last=False)
+    task = ImbalanceClassifier(arch="resnet20", num_classes=10, channels_last=False)
     qat = QuantizationAwareTraining(weight_bits=4, activation_bits=8)
     qat.setup(None, task, "fit")  # type: ignore[arg-type]
     record = qat.compression_record()
@@ -98,7 +98,7 @@ def test_compression_record_and_model_size() -> None:
     assert len(record["layers"]) == 18 and "stem.conv" not in record["layers"]
     # [C24] Table A8 for ResNet-20: (A8, W4) 1.53 Mib and (A3, W3) 0.76 Mib (truncated to two decimals).
     assert math.floor(model_size(task.model, activation_bits=8)["paper_mibit"] * 100) == 153
-    other = ImbalanceClassifier(model="resnet20", num_classes=10, channels_last=False)
+    other = ImbalanceClassifier(arch="resnet20", num_classes=10, channels_last=False)
     QuantizationAwareTraining(3, 3).setup(None, other, "fit")  # type: ignore[arg-type]
     assert math.floor(model_size(other.model, activation_bits=3)["paper_mibit"] * 100) == 76
     assert (
@@ -120,3 +120,14 @@ def test_bad_exclude(tmp_path: Path) -> None:
     trainer = _trainer(tmp_path, callbacks=[QuantizationAwareTraining(exclude=["stem", "fc"])], max_steps=1)
     with pytest.raises(ValueError, match=r"exclude names modules the model does not have: \['fc'\]"):
         trainer.fit(_task(channels_last=False), train_dataloaders=_loader())
+
+
+def test_init_from_a_qat_checkpoint_with_another_exclude_is_an_error(tmp_path: Path) -> None:
+    task = _task(channels_last=False)
+    trainer = _trainer(tmp_path, callbacks=[QuantizationAwareTraining(4, 8)], max_steps=1)
+    trainer.fit(task, train_dataloaders=_loader())
+    trainer.save_checkpoint(tmp_path / "a.ckpt")
+    other = QuantizationAwareTraining(4, 8, exclude=["stem", "classifier"])
+    again = _trainer(tmp_path, callbacks=[other], max_steps=1)
+    with pytest.raises(ValueError, match=r"QuantizationAwareTraining\.exclude: .* exclude=None, but .* exclude=\["):
+        again.fit(_task(channels_last=False, init_from=str(tmp_path / "a.ckpt")), train_dataloaders=_loader())

@@ -10,7 +10,6 @@ import torch
 from fakedata import make_fake_cifar, make_fake_image_folder
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 
 from imbcompress.data import ImbalancedDataModule, sources
@@ -151,19 +150,6 @@ def test_describe_and_checkpoint_check(cifar_root: Path) -> None:
     other = ImbalancedDataModule("cifar10", str(cifar_root))
     with pytest.raises(ValueError, match=r"trained with train_class_counts=\[40, .*, 10\] but this data configuration"):
         other.load_state_dict(dm.state_dict())
-
-
-def test_class_distribution_figure_goes_to_tensorboard(cifar_root: Path, tmp_path: Path) -> None:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    logger = TensorBoardLogger(tmp_path, name="", version="")
-    dm = ImbalancedDataModule("cifar10", str(cifar_root), profile="exponential", imbalance_ratio=10)
-    dm.trainer = _fake_trainer(loggers=[logger])
-    dm.setup("fit")
-    logger.experiment.flush()
-    events = EventAccumulator(str(tmp_path))
-    events.Reload()
-    assert "data/class_distribution" in events.Tags()["images"]
 
 
 @pytest.mark.parametrize(

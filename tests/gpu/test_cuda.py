@@ -80,7 +80,7 @@ class _Interrupt(Callback):
 
 def _resume_run(root: Path, workdir: Path, interrupt_at: int | None = None, ckpt: str | None = None) -> dict:
     torch.manual_seed(0)
-    task = ImbalanceClassifier(model="resnet20", num_classes=10, lr=0.05, scheduler="cosine")
+    task = ImbalanceClassifier(arch="resnet20", num_classes=10, lr=0.05, scheduler="cosine")
     callbacks: list[Callback] = [ModelCheckpoint(dirpath=workdir, save_last=True, save_top_k=0, every_n_train_steps=3)]
     callbacks += [_Interrupt(interrupt_at)] if interrupt_at is not None else []
     # "warn", not True: AdaptiveAvgPool2d's CUDA backward has no deterministic kernel and would raise (with a

@@ -75,7 +75,7 @@ def test_each_remedy_installs_its_criterion_from_the_data_counts(
     if isinstance(remedy, LogitAdjustedLoss):
         assert isinstance(task.criterion, LogitAdjustedCriterion)
         torch.testing.assert_close(task.criterion.log_prior, log_priors(datamodule.train_class_counts))
-    record = remedy.remedy_record()  # type: ignore[attr-defined]
+    record = remedy.metrics_record()  # type: ignore[attr-defined]
     assert record["method"] == remedy.method  # type: ignore[attr-defined]
 
 
@@ -88,7 +88,7 @@ def test_drw_switches_at_the_first_step_of_the_named_epoch_and_not_before(
         ImbalanceClassifier(num_classes=10), datamodule=_datamodule(data_root, batch_size=8)
     )
     assert probe.reweighting == [False] * start + [True] * (3 - start)  # one step per epoch
-    assert remedy.remedy_record()["drw_start_epoch"] == start
+    assert remedy.metrics_record()["drw_start_epoch"] == start
 
 
 def test_drw_resumes_at_the_same_step(data_root: Path, tmp_path: Path) -> None:
