@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from imbcompress.callbacks.run_report import PREDICTIONS_FILE, RunReport
 from imbcompress.checkpoint import load_checkpoint_file, secure_subcommand_config
 from imbcompress.data import ImbalancedDataModule
-from imbcompress.locks import hold_run_dir_lock
+from imbcompress.locks import hold_run_dir_lock, release_run_dir_locks
 from imbcompress.names import METRICS_FILE
 from imbcompress.task import ImbalanceClassifier
 from imbcompress.yamlio import use_for_config_files
@@ -126,15 +126,18 @@ def run_cli(
 ) -> ImbCompressCLI:
     """Build (and by default run) the LightningCLI; ``args`` as on the command line (tests pass them directly)."""
     use_for_config_files()  # a key given twice in a config file is an error, not "the last one wins"
-    return cli_class(
-        ImbalanceClassifier,
-        ImbalancedDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        seed_everything_default=0,
-        trainer_defaults=TRAINER_DEFAULTS,
-        save_config_kwargs={"overwrite": True},
-        auto_configure_optimizers=False,
-        args=args,
-        run=run,
-    )
+    try:
+        return cli_class(
+            ImbalanceClassifier,
+            ImbalancedDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            seed_everything_default=0,
+            trainer_defaults=TRAINER_DEFAULTS,
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
+            args=args,
+            run=run,
+        )
+    finally:
+        release_run_dir_locks()  # the fit is over: an in-process caller (a test) may hand its directory on

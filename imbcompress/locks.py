@@ -103,12 +103,19 @@ _HELD: dict[Path, FileLock] = {}
 
 
 def hold_run_dir_lock(run_dir: str | Path) -> None:
-    """Lock ``run_dir`` for the rest of this process's life; raise :class:`LockHeld` if another process has it.
+    """Lock ``run_dir`` until :func:`release_run_dir_locks` or the end of this process; raise :class:`LockHeld` if
+    another process has it.
 
     Called by ``fit --run_dir`` before it writes anything, so two fits can never share a run directory. Repeated
-    calls in one process (tests run several fits in-process) keep the one lock; the extra ranks of a DDP run skip it.
+    calls in one process keep the one lock; the extra ranks of a DDP run skip it.
     """
     key = Path(run_dir).resolve()
     if key in _HELD or not _is_first_process():
         return
     _HELD[key] = run_dir_lock(run_dir).acquire()
+
+
+def release_run_dir_locks() -> None:
+    """Release the run-directory locks this process holds (when its fit is over)."""
+    while _HELD:
+        _HELD.popitem()[1].release()

@@ -110,3 +110,19 @@ def test_corrupt_checkpoint_is_named_and_restarted_only_when_asked(tmp_path, fak
     assert (ckpt.parent / "last.ckpt.corrupt-1").read_bytes() == corrupt  # kept aside, not deleted
     assert fake_env()[calls]["run_dir"] == run.dir and fake_env()[calls]["resume"] is None  # from scratch
     assert any("restart (corrupt checkpoints/last.ckpt moved to last.ckpt.corrupt-1" in line for line in lines)
+
+
+def test_run_dir_lock_is_released_when_the_in_process_fit_ends(tmp_path):
+    from imbcompress.cli import run_cli
+    from imbcompress.locks import release_run_dir_locks
+
+    run_dir = tmp_path / "run"
+    hold_run_dir_lock(run_dir)
+    assert holder(run_dir / RUN_LOCK_FILE) is not None
+    release_run_dir_locks()
+    assert holder(run_dir / RUN_LOCK_FILE) is None
+    configs = [f"--config={REPO / 'configs' / name}" for name in ("trainer/cpu.yaml", "model/resnet20.yaml")]
+    configs += [f"--config={REPO / 'configs/data/cifar10.yaml'}", f"--data.init_args.root={tmp_path / 'none'}"]
+    with pytest.raises(Exception, match="none"):  # the fit locks its directory, then fails: no data there
+        run_cli(["fit", *configs, f"--run_dir={run_dir}", "--trainer.enable_progress_bar=false"])
+    assert holder(run_dir / RUN_LOCK_FILE) is None  # handed back for the next fit, even in this process
