@@ -1,7 +1,8 @@
 """The ``imbcompress`` command (console script and ``python -m imbcompress``).
 
 ``imbcompress study ...`` goes to the study runner without importing torch or Lightning (status and report are
-instant); everything else goes to the LightningCLI in :mod:`imbcompress.cli`.
+instant); ``export`` and ``ptq`` go to :mod:`imbcompress.deploy.command`; everything else goes to the LightningCLI
+in :mod:`imbcompress.cli`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ def main(argv: list[str] | None = None) -> int:
         from imbcompress.study.cli import main as study_main
 
         return study_main(words[1:])
+    if words and words[0] in ("export", "ptq"):
+        from imbcompress.deploy import command
+
+        return (command.export_main if words[0] == "export" else command.ptq_main)(words[1:])
     from imbcompress.cli import run_cli
 
     run_cli(argv)  # None: LightningCLI reads sys.argv itself
