@@ -228,9 +228,9 @@ def _int8_model_size(task: Any, model: torch.nn.Module, record: dict, file: Path
     for module in marked.modules():
         quantized = record["method"] == "ptq_int8" or getattr(module, "quantized_by", None) is not None
         if isinstance(module, torch.nn.Conv2d | torch.nn.Linear) and quantized:
-            module.weight_bits = 8  # what the int8 file stores, whatever grid the codes lie on
+            setattr(module, "weight_bits", 8)  # noqa: B010 - what the int8 file stores, whatever grid the codes lie on
     hp = task.hparams
-    reference = model_size(build_model(hp["model"], hp["num_classes"], hp.get("shortcut")))["nnz"]
+    reference = int(model_size(build_model(hp["model"], hp["num_classes"], hp.get("shortcut")))["nnz"])
     size: dict[str, Any] = dict(model_size(marked, activation_bits=8, reference_nnz=reference))
     size["file_bytes"] = file.stat().st_size
     size["storage_rule"] = (

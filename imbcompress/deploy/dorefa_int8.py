@@ -92,6 +92,12 @@ class ActivationQDQ(nn.Module):
 class QDQLayer(nn.Module):
     """A conv or linear layer with per-channel int8 weights (Q/DQ), a float bias and the optional half-step term."""
 
+    weight: Tensor
+    scale: Tensor
+    zero_point: Tensor
+    bias: Tensor
+    half_scale: Tensor
+
     def __init__(self, layer: nn.Conv2d | nn.Linear, q: Tensor, scale: Tensor, bias: Tensor, half: bool) -> None:
         super().__init__()
         self.conv = _conv_geometry(layer)
@@ -100,15 +106,16 @@ class QDQLayer(nn.Module):
         self.register_buffer("scale", scale.float())
         self.register_buffer("zero_point", torch.zeros_like(scale, dtype=torch.int32))
         self.register_buffer("bias", bias.float())
+        self.half = half  # a plain bool: the exported graph has the half-step term or not
         self.register_buffer("half_scale", 0.5 * scale.float() if half else torch.zeros(0))
 
     def forward(self, x: Tensor) -> Tensor:
         weight = torch.fake_quantize_per_channel_affine(self.weight, self.scale, self.zero_point, 0, -128, 127)
         if self.conv is None:
             y = F.linear(x, weight, self.bias)
-            return y + x.sum(dim=1, keepdim=True) * self.half_scale if self.half_scale.numel() else y
+            return y + x.sum(dim=1, keepdim=True) * self.half_scale if self.half else y
         y = _conv(x, weight, self.bias, self.conv)
-        if not self.half_scale.numel():
+        if not self.half:
             return y
         # the window sum of the input, once per group: groups of 1 (a plain conv) or one per channel (depthwise)
         groups = self.conv["groups"]
@@ -118,6 +125,9 @@ class QDQLayer(nn.Module):
 
 class FloatLayer(nn.Module):
     """A full-precision-weight layer of a quantized model with its BatchNorm folded into it."""
+
+    weight: Tensor
+    bias: Tensor
 
     def __init__(self, layer: nn.Conv2d | nn.Linear, weight: Tensor, bias: Tensor) -> None:
         super().__init__()

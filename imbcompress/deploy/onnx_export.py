@@ -39,7 +39,7 @@ def onnx_bytes(model: nn.Module, image_shape: tuple[int, int, int] = IMAGE_SHAPE
         torch.onnx.export(
             model,
             (torch.zeros(1, *image_shape),),
-            buffer,
+            buffer,  # type: ignore[arg-type]  # the legacy exporter writes to any binary file object
             dynamo=False,
             opset_version=OPSET,
             input_names=[INPUT_NAME],
