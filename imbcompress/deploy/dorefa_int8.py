@@ -106,16 +106,16 @@ class QDQLayer(nn.Module):
         self.register_buffer("scale", scale.float())
         self.register_buffer("zero_point", torch.zeros_like(scale, dtype=torch.int32))
         self.register_buffer("bias", bias.float())
-        self.half = half  # a plain bool: the exported graph has the half-step term or not
+        self.half_step = half  # a plain bool: the exported graph has the half-step term or not
         self.register_buffer("half_scale", 0.5 * scale.float() if half else torch.zeros(0))
 
     def forward(self, x: Tensor) -> Tensor:
         weight = torch.fake_quantize_per_channel_affine(self.weight, self.scale, self.zero_point, 0, -128, 127)
         if self.conv is None:
             y = F.linear(x, weight, self.bias)
-            return y + x.sum(dim=1, keepdim=True) * self.half_scale if self.half else y
+            return y + x.sum(dim=1, keepdim=True) * self.half_scale if self.half_step else y
         y = _conv(x, weight, self.bias, self.conv)
-        if not self.half:
+        if not self.half_step:
             return y
         # the window sum of the input, once per group: groups of 1 (a plain conv) or one per channel (depthwise)
         groups = self.conv["groups"]
