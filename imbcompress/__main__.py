@@ -1,7 +1,8 @@
 """The ``imbcompress`` command (console script and ``python -m imbcompress``).
 
 ``imbcompress study ...`` goes to the study runner without importing torch or Lightning (status and report are
-instant); everything else goes to the LightningCLI in :mod:`imbcompress.cli`.
+instant); ``export`` and ``ptq`` go to :mod:`imbcompress.deploy.command`; everything else goes to the LightningCLI
+in :mod:`imbcompress.cli`.
 
 A bad setting is reported in one line on stderr with exit status 2, like the parser's own errors: a
 :class:`~imbcompress.errors.SettingsError` anywhere, and a ``ValueError`` or ``FileNotFoundError`` raised before
@@ -28,17 +29,29 @@ def _study(words: list[str]) -> int:
     return study_main(words)
 
 
+def _export(words: list[str]) -> int:
+    from imbcompress.deploy import command
+
+    return command.export_main(words)
+
+
+def _ptq(words: list[str]) -> int:
+    from imbcompress.deploy import command
+
+    return command.ptq_main(words)
+
+
 # The first word -> its command; every other first word goes to the LightningCLI (fit, validate, test, predict).
-COMMANDS: dict[str, Callable[[list[str]], int]] = {"study": _study}
+COMMANDS: dict[str, Callable[[list[str]], int]] = {"study": _study, "export": _export, "ptq": _ptq}
 
 
 def main(argv: list[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     debug = DEBUG_FLAG in words or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     words = [word for word in words if word != DEBUG_FLAG]
-    if words and words[0] in COMMANDS:
-        return COMMANDS[words[0]](words[1:])
     try:
+        if words and words[0] in COMMANDS:
+            return COMMANDS[words[0]](words[1:])
         _lightning_cli(words, from_command_line=argv is None)
     except (ValueError, FileNotFoundError) as err:
         cause = None if debug else settings_error_cause(err)
