@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from lightning.pytorch import Callback, LightningModule
+from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import nn
 
 from imbcompress.task import CompressibleTask
@@ -32,6 +32,19 @@ def task_of(pl_module: LightningModule, who: str) -> CompressibleTask:
             f"got {type(pl_module).__name__}"
         )
     return pl_module
+
+
+def train_class_counts(trainer: Trainer, who: str) -> list[int]:
+    """``trainer.datamodule.train_class_counts``, or an error saying that ``who`` needs them."""
+    datamodule = getattr(trainer, "datamodule", None)
+    counts = getattr(datamodule, "train_class_counts", None)
+    if not counts:
+        raise ValueError(
+            f"{who} needs the training-set class counts from trainer.datamodule.train_class_counts, but "
+            f"{type(datamodule).__name__ if datamodule is not None else 'no data module'} provides none; "
+            "use an imbcompress ImbalancedDataModule (or a data module exposing train_class_counts)"
+        )
+    return [int(count) for count in counts]
 
 
 class CompressionCallback(Callback, ABC):

@@ -9,7 +9,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from typing_extensions import override
 
-from imbcompress.callbacks.base import StructuralCompression, task_of
+from imbcompress.callbacks.base import StructuralCompression, task_of, train_class_counts
 from imbcompress.compress.climbq import check_settings, clear_class_labels, climbq_record, set_class_labels
 from imbcompress.compress.homovar import HomoVarLoss
 
@@ -81,7 +81,7 @@ class ClimbQ(StructuralCompression):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         task = task_of(pl_module, "ClimbQ")
         if stage == "fit":
-            self.class_counts = _class_counts(trainer)
+            self.class_counts = train_class_counts(trainer, "ClimbQ")
         if self.apply_once(task, lambda: climbq_record(task.model, self.bits, self.mode, self.exclude)):
             assert self.record is not None
             rank_zero_info(
@@ -135,15 +135,3 @@ class ClimbQ(StructuralCompression):
             "layers": record.get("weight_layers"),
             "activations": record.get("activation_layers"),
         }
-
-
-def _class_counts(trainer: Trainer) -> list[int]:
-    datamodule = getattr(trainer, "datamodule", None)
-    counts = getattr(datamodule, "train_class_counts", None)
-    if not counts:
-        raise ValueError(
-            "ClimbQ needs the training-set class counts from trainer.datamodule.train_class_counts, but "
-            f"{type(datamodule).__name__ if datamodule is not None else 'no data module'} provides none; "
-            "fit with an imbcompress ImbalancedDataModule (or a data module exposing train_class_counts)"
-        )
-    return [int(count) for count in counts]

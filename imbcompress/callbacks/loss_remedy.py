@@ -2,31 +2,19 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 from typing_extensions import override
 
+from imbcompress.callbacks.base import task_of, train_class_counts
 from imbcompress.callbacks.climbq import ClimbQ
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from imbcompress.task import ImbalanceClassifier, LossContext
-
-
-def train_class_counts(trainer: Trainer, who: str) -> list[int]:
-    """``trainer.datamodule.train_class_counts``, or an error saying that ``who`` needs them."""
-    datamodule = getattr(trainer, "datamodule", None)
-    counts = getattr(datamodule, "train_class_counts", None)
-    if not counts:
-        raise ValueError(
-            f"{who} needs the training-set class counts from trainer.datamodule.train_class_counts, but "
-            f"{type(datamodule).__name__ if datamodule is not None else 'no data module'} provides none; "
-            "use an imbcompress ImbalancedDataModule (or a data module exposing train_class_counts)"
-        )
-    return [int(count) for count in counts]
+    from imbcompress.task import LossContext
 
 
 def replaces_base_loss(callback: Callback) -> str | None:
@@ -84,7 +72,7 @@ class LossRemedy(Callback):
         counts = train_class_counts(trainer, type(self).__name__)
         if self.criterion is None:
             self.criterion = self.build_criterion(trainer, counts)
-        cast("ImbalanceClassifier", pl_module).set_criterion(self.criterion)
+        task_of(pl_module, type(self).__name__).set_criterion(self.criterion)
 
     def metrics_record(self) -> dict[str, Any]:
         """The run-report hook (see ``RunReport``): this remedy's entry in ``metrics.json["remedies"]``."""

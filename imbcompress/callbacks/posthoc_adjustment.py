@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
+from typing import Any, ClassVar, Literal
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -10,12 +10,10 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from typing_extensions import override
 
-from imbcompress.callbacks.loss_remedy import check_non_negative, train_class_counts
+from imbcompress.callbacks.base import task_of, train_class_counts
+from imbcompress.callbacks.loss_remedy import check_non_negative
 from imbcompress.remedies.losses import log_priors
 from imbcompress.remedies.posthoc import logit_adjusted_bias, tau_normalized_weight
-
-if TYPE_CHECKING:
-    from imbcompress.task import ImbalanceClassifier
 
 PostHocMethod = Literal["logit_adjustment", "tau_norm"]
 
@@ -94,7 +92,7 @@ class PostHocAdjustment(Callback):
             self._saved = None
 
     def _classifier(self, pl_module: LightningModule) -> nn.Linear:
-        classifier = getattr(cast("ImbalanceClassifier", pl_module).model, "classifier", None)
+        classifier = getattr(task_of(pl_module, "PostHocAdjustment").model, "classifier", None)
         if not isinstance(classifier, nn.Linear):
             raise ValueError(
                 f"PostHocAdjustment needs the model's classifier to be an nn.Linear, got {type(classifier).__name__}"
