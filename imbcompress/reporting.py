@@ -37,9 +37,13 @@ class RunInfo:
     init_from: str | None = None
 
 
-def _versions() -> dict[str, str]:
+RUN_PACKAGES = ("imbcompress", "torch", "torchvision", "lightning", "torchmetrics")
+
+
+def package_versions(packages: tuple[str, ...] = RUN_PACKAGES) -> dict[str, str]:
+    """The installed version of each package ("not installed" where absent), for metrics.json."""
     result = {}
-    for package in ("imbcompress", "torch", "torchvision", "lightning", "torchmetrics"):
+    for package in packages:
         try:
             result[package] = version(package)
         except PackageNotFoundError:
@@ -119,7 +123,7 @@ def build_metrics(
         "init_from": run.init_from,
         "precision": str(trainer.precision),
         "world_size": trainer.world_size,
-        "versions": _versions(),
+        "versions": package_versions(),
         "host": describe_host(_gpu_name(trainer)),
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }

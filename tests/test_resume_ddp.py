@@ -11,21 +11,11 @@ from cli_helpers import fake_data_args, run_ddp_fit
 from fakedata import make_fake_cifar
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
+from tiny import Interrupt
 
 from imbcompress.callbacks import ClimbQ
 from imbcompress.data import ImbalancedDataModule
 from imbcompress.task import ImbalanceClassifier
-
-
-class Interrupt(Callback):
-    """Simulates a crash (power loss, pre-emption) after a given optimisation step."""
-
-    def __init__(self, at_step: int) -> None:
-        self.at_step = at_step
-
-    def on_train_batch_end(self, trainer: Trainer, *args: object) -> None:
-        if trainer.global_step == self.at_step:
-            raise RuntimeError("simulated interruption")
 
 
 def _run(

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, Trainer
 from torch.utils.data import DataLoader, TensorDataset
 
 from imbcompress.callbacks.run_report import RunReport
@@ -40,3 +40,14 @@ def quiet_trainer(workdir: Path, **kwargs: Any) -> Trainer:
         default_root_dir=workdir,
     )
     return Trainer(**(defaults | kwargs))
+
+
+class Interrupt(Callback):
+    """Simulates a crash (power loss, pre-emption) after a given optimisation step."""
+
+    def __init__(self, at_step: int) -> None:
+        self.at_step = at_step
+
+    def on_train_batch_end(self, trainer: Trainer, *args: object) -> None:
+        if trainer.global_step == self.at_step:
+            raise RuntimeError("simulated interruption")

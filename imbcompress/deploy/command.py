@@ -10,7 +10,6 @@ import argparse
 import datetime as dt
 import os
 import tempfile
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from imbcompress.compress.size import model_size
 from imbcompress.deploy import dorefa_int8, ptq
 from imbcompress.deploy.onnx_export import deployable_copy, export_onnx
 from imbcompress.host import describe_host
+from imbcompress.reporting import package_versions
 
 METRICS_FILE = "metrics.json"
 SCHEMA_VERSION = 1
@@ -211,16 +211,6 @@ def export_main(words: list[str]) -> int:
 
 
 # ----------------------------------------------------------------------------------------------- ptq run
-def _versions() -> dict[str, str]:
-    result = {}
-    for package in ("imbcompress", "torch", "onnx", "onnxruntime", "lightning"):
-        try:
-            result[package] = version(package)
-        except PackageNotFoundError:
-            result[package] = "not installed"
-    return result
-
-
 def _int8_model_size(task: Any, model: torch.nn.Module, record: dict, file: Path) -> dict[str, Any]:
     from imbcompress.models import build_model
 
@@ -291,7 +281,7 @@ def _metrics_document(
         "ckpt_path": str(args.ckpt_path),
         "precision": "int8 (ONNX Runtime, CPU)",
         "world_size": 1,
-        "versions": _versions(),
+        "versions": package_versions(("imbcompress", "torch", "onnx", "onnxruntime", "lightning")),
         "host": describe_host(None),
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }

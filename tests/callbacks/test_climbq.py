@@ -9,7 +9,7 @@ import torch
 from fakedata import make_fake_cifar
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from tiny import quiet_trainer
+from tiny import Interrupt, quiet_trainer
 from torch.utils.data import DataLoader, TensorDataset
 
 from imbcompress.callbacks.climbq import ClimbQ
@@ -165,17 +165,6 @@ def test_homovar_mode_picks_the_loss_independently_of_the_quantizer_mode(
     assert isinstance(task.criterion, HomoVarLoss) and task.criterion.mode == homovar_mode
     assert climbq.compression_record()["mode"] == "official"
     assert climbq.compression_record()["homovar_mode"] == homovar_mode
-
-
-class Interrupt(Callback):
-    """Simulates a crash after a given optimisation step."""
-
-    def __init__(self, at_step: int) -> None:
-        self.at_step = at_step
-
-    def on_train_batch_end(self, trainer: Trainer, *args: object) -> None:
-        if trainer.global_step == self.at_step:
-            raise RuntimeError("simulated interruption")
 
 
 def _resumable_fit(
