@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from imbcompress.atomic import atomic_write, write_json_atomic
-from imbcompress.checkpoint import load_checkpoint_file
+from imbcompress.checkpoint import load_checkpoint_file, module_from_checkpoint
 from imbcompress.compress.size import model_size
 from imbcompress.deploy import dorefa_int8, ptq
 from imbcompress.deploy.onnx_export import deployable_copy, export_onnx
@@ -61,7 +61,11 @@ def _parser(command: str) -> argparse.ArgumentParser:
 def _check_checkpoint(path: str) -> dict[str, Any]:
     checkpoint = load_checkpoint_file(path, setting="ckpt_path")
     hparams = checkpoint.get("hyper_parameters")
-    if not isinstance(checkpoint.get("state_dict"), dict) or not isinstance(hparams, dict) or "model" not in hparams:
+    if (
+        not isinstance(checkpoint.get("state_dict"), dict)
+        or not isinstance(hparams, dict)
+        or not {"arch", "model"} & set(hparams)
+    ):
         raise ValueError(
             f"ckpt_path={path!r} is not an imbcompress model checkpoint (no state_dict and model hyperparameters); "
             "pass a run's checkpoints/last.ckpt"
@@ -100,7 +104,7 @@ def load_model(ckpt_path: str) -> tuple[Any, torch.nn.Module]:
     """The task (hyperparameters, transforms) and its model from a checkpoint, compression replayed."""
     from imbcompress.task import ImbalanceClassifier
 
-    task = ImbalanceClassifier.load_from_checkpoint(ckpt_path, map_location="cpu")
+    task = module_from_checkpoint(ImbalanceClassifier, ckpt_path, "ckpt_path")  # tensors only (weights_only)
     return task, deployable_copy(task.model)
 
 
@@ -220,7 +224,7 @@ def _int8_model_size(task: Any, model: torch.nn.Module, record: dict, file: Path
         if isinstance(module, torch.nn.Conv2d | torch.nn.Linear) and quantized:
             setattr(module, "weight_bits", 8)  # noqa: B010 - what the int8 file stores, whatever grid the codes lie on
     hp = task.hparams
-    reference = int(model_size(build_model(hp["model"], hp["num_classes"], hp.get("shortcut")))["nnz"])
+    reference = int(model_size(build_model(hp["arch"], hp["num_classes"], hp.get("shortcut")))["nnz"])
     size: dict[str, Any] = dict(model_size(marked, activation_bits=8, reference_nnz=reference))
     size["file_bytes"] = file.stat().st_size
     size["storage_rule"] = (
@@ -270,7 +274,7 @@ def _metrics_document(
         "schema_version": SCHEMA_VERSION,
         "dataset": data["dataset"],
         "imbalance": data["imbalance"],
-        "model": {"name": hp["model"], "shortcut": hp.get("shortcut"), "num_classes": hp["num_classes"]},
+        "model": {"name": hp["arch"], "shortcut": hp.get("shortcut"), "num_classes": hp["num_classes"]},
         "compression": [record],
         "class_names": data["class_names"],
         "train_class_counts": data["train_class_counts"],

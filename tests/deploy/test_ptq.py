@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -62,14 +63,18 @@ def test_ptq_run_writes_metrics_within_one_point_of_fp32(fp32_run: tuple[Path, d
     assert set(metrics["versions"]) >= {"onnxruntime", "torch"} and metrics["host"]["cpu"]
 
 
-def test_balanced_calibration_and_an_existing_metrics_file(fp32_run: tuple[Path, dict], tmp_path: Path) -> None:
+def test_balanced_calibration_and_an_existing_metrics_file(
+    fp32_run: tuple[Path, dict], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run, _ = fp32_run
     metrics = _ptq(run, tmp_path / "bal", "--calibration=balanced", "--calibration_size=50", "--calibration_seed=3")
     record = metrics["compression"][0]
     assert record["calibration_class_counts"] == [5] * 10 and record["calibration_seed"] == 3
     before = (tmp_path / "bal/metrics.json").read_text()
-    with pytest.raises(ValueError, match="already has a metrics.json"):
-        _ptq(run, tmp_path / "bal")
+    capsys.readouterr()
+    again = ["ptq", f"--config={run / 'config.yaml'}", f"--ckpt_path={run / 'checkpoints/last.ckpt'}"]
+    assert main([*again, f"--run_dir={tmp_path / 'bal'}"]) == 2  # a bad setting: one line, exit 2
+    assert "already has a metrics.json" in capsys.readouterr().err
     assert (tmp_path / "bal/metrics.json").read_text() == before
 
 
@@ -81,19 +86,33 @@ def test_export_int8_and_fp32_files(fp32_run: tuple[Path, dict], tmp_path: Path)
     assert (tmp_path / "q.onnx").stat().st_size < 0.4 * (tmp_path / "m.onnx").stat().st_size
 
 
-def test_bad_inputs_fail_before_any_work(fp32_run: tuple[Path, dict], tmp_path: Path) -> None:
+def _refused(capsys: pytest.CaptureFixture[str], words: list[str], message: str) -> None:
+    """The command refuses ``words`` as a bad setting: exit status 2 and one line naming the cause."""
+    capsys.readouterr()
+    assert main(words) == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_bad_inputs_fail_before_any_work(
+    fp32_run: tuple[Path, dict], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run, _ = fp32_run
     config, ckpt = f"--config={run / 'config.yaml'}", f"--ckpt_path={run / 'checkpoints/last.ckpt'}"
     not_a_model = tmp_path / "not_a_model.ckpt"
     torch.save({"weights": torch.zeros(3)}, not_a_model)
-    with pytest.raises(ValueError, match="not an imbcompress model checkpoint"):
-        main(["export", config, f"--ckpt_path={not_a_model}", f"--out={tmp_path / 'x.onnx'}"])
+    _refused(
+        capsys,
+        ["export", config, f"--ckpt_path={not_a_model}", f"--out={tmp_path / 'x.onnx'}"],
+        "not an imbcompress model checkpoint",
+    )
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    with pytest.raises(ValueError, match="cannot be written"):
-        main(["export", config, ckpt, f"--out={blocker / 'x.onnx'}"])
-    with pytest.raises(ValueError, match="calibration_size=5 with calibration='balanced'"):
-        main(["ptq", config, ckpt, f"--run_dir={tmp_path / 'r'}", "--calibration=balanced", "--calibration_size=5"])
+    _refused(capsys, ["export", config, ckpt, f"--out={blocker / 'x.onnx'}"], "cannot be written")
+    _refused(
+        capsys,
+        ["ptq", config, ckpt, f"--run_dir={tmp_path / 'r'}", "--calibration=balanced", "--calibration_size=5"],
+        "calibration_size=5 with calibration='balanced'",
+    )
     assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "r/metrics.json").exists()
 
 
