@@ -33,7 +33,7 @@ read -r -a extra <<<"${EXTRA_ARGS:-}"
 limits=()
 if [ "${CLIMBQ_COMPARISON_TINY:-0}" = 1 ]; then
   fp32_epochs=1 ft_epochs=1
-  limits=(--trainer.limit_train_batches=2 --trainer.limit_val_batches=1 --trainer.limit_test_batches=1
+  limits=(--trainer.limit_train_batches=2 --trainer.limit_val_batches=2 --trainer.limit_test_batches=2
     --data.init_args.eval_batch_size=100)
 fi
 mkdir -p "$out"

@@ -16,6 +16,22 @@ def cpu_model() -> str:
     return names[0] if names else platform.processor() or platform.machine()
 
 
+def cpu_has_native_bf16() -> bool | None:
+    """Whether the CPU computes bf16 natively (x86 AVX-512 BF16 or AMX, Arm BF16); None when it cannot be told.
+
+    Without it PyTorch emulates bf16: autocast is then slower than fp32 (ResNet-20 training 2.4x slower on an AVX2
+    EPYC here, a MobileNet-V2 forward over 100x slower).
+    """
+    try:
+        with open("/proc/cpuinfo") as handle:
+            flags = {flag for line in handle if line.startswith(("flags", "Features")) for flag in line.split()}
+    except OSError:
+        return None
+    if not flags:
+        return None
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
 def describe_host(gpu: str | None = None) -> dict[str, object]:
     """What ``metrics.json`` records under ``host``: CPU model, visible CPUs, OS, Python and the GPU (or None)."""
     return {

@@ -7,10 +7,11 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from imbcompress.callbacks.base import StructuralCompression, describe_record, task_of
+from imbcompress.host import cpu_has_native_bf16
 from imbcompress.reporting import (
     RunInfo,
     class_count_title,
@@ -67,6 +68,7 @@ class RunReport(Callback):
         }
         size = compressed_model_size(task.model, self._sections(task)["compression"])
         rank_zero_info(size_line(size))
+        warn_if_bf16_is_emulated(trainer)
         for logger in trainer.loggers:
             logger.log_metrics({f"model_size/{key}": float(value) for key, value in size.items()}, step=0)
 
@@ -149,3 +151,14 @@ class RunReport(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if "fit" in state_dict:
             self.fit_state = state_dict["fit"]
+
+
+def warn_if_bf16_is_emulated(trainer: Trainer) -> None:
+    """Warn when a CPU fit runs bf16 autocast on a CPU without native bf16 (it is then slower than fp32)."""
+    precision = str(trainer.precision)
+    on_cpu = trainer.strategy.root_device.type == "cpu"
+    if precision.startswith("bf16") and on_cpu and cpu_has_native_bf16() is False:
+        rank_zero_warn(
+            f"trainer.precision={precision} on a CPU without native bf16 (no AVX-512 BF16 / AMX): PyTorch emulates "
+            "it and it runs slower than fp32 here; use --trainer.precision=32-true (configs/trainer/fp32.yaml)"
+        )

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fakedata import make_fake_cifar
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from tiny import quiet_trainer, random_loader
 
+from imbcompress.callbacks import run_report
 from imbcompress.data import ImbalancedDataModule
 from imbcompress.task import ImbalanceClassifier
 
@@ -50,3 +53,21 @@ def test_class_distribution_figure_goes_to_tensorboard(tmp_path: Path) -> None:
     events = EventAccumulator(str(tmp_path / "tb"))
     events.Reload()
     assert "data/class_distribution" in events.Tags()["images"]
+
+
+@pytest.mark.parametrize(
+    ("precision", "native", "warns"),
+    [("bf16-mixed", False, True), ("bf16-mixed", True, False), ("bf16-mixed", None, False), ("32-true", False, False)],
+)
+def test_bf16_on_a_cpu_without_native_bf16_warns(
+    precision: str, native: bool | None, warns: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(run_report, "cpu_has_native_bf16", lambda: native)
+    trainer = Trainer(accelerator="cpu", precision=precision, logger=False, enable_checkpointing=False)  # type: ignore[arg-type]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_report.warn_if_bf16_is_emulated(trainer)
+    messages = [str(w.message) for w in caught if "native bf16" in str(w.message)]
+    assert len(messages) == int(warns)
+    if warns:
+        assert "trainer.precision=bf16-mixed" in messages[0] and "32-true" in messages[0]

@@ -32,16 +32,15 @@ def test_int8_grid_reproduces_the_dorefa_weight(bits: int) -> None:
     assert torch.allclose(step * (q.float() + 0.5 * half), quantize_weight(weight, bits), atol=1e-6, rtol=0)
 
 
-# Measured on this test's models (ResNet-20, 20 fp32 + 5 QAT steps, 1000 images): (A8,W4) >= 99.9 %; (A8,W8)
-# 99.7 % and (A3,W3) 99.4 % under ONNX Runtime's default (optimised) session. The PyTorch form of the same folded
-# graph agrees more closely, so an ONNX Runtime graph transform is the suspect; open, see docs/deploy.md.
-_SHORT = pytest.mark.xfail(reason="agreement below 99.9 % under ONNX Runtime's optimised int8 graph (open)")
+# Measured on this test's models (ResNet-20, 20 fp32 + 5 QAT steps, 1000 images), ONNX Runtime's default session:
+# 100 % agreement at (A8,W4), (A3,W3); (A8,W8) 99.7 %, every disagreement at a top-2 margin below 6e-4.
+# Those come from folding BatchNorm into the conv (the float rounding of w * gain + b differs from BN(conv(x, w)) by
+# ~1e-6, enough to move an 8-bit activation code across a rounding boundary); the same folded model keeps BatchNorm
+# separate and agrees 100 %. With 8-bit weights a disagreement is allowed only at such a float-level tie.
+_TIE = 1e-3
 
 
-@pytest.mark.parametrize(
-    ("weight_bits", "activation_bits"),
-    [pytest.param(8, 8, marks=_SHORT), (4, 8), pytest.param(3, 3, marks=_SHORT)],
-)
+@pytest.mark.parametrize(("weight_bits", "activation_bits"), [(8, 8), (4, 8), (3, 3)])
 def test_int8_model_predicts_as_the_fake_quant_model(
     trained_fp32: torch.nn.Module, weight_bits: int, activation_bits: int
 ) -> None:
@@ -51,13 +50,19 @@ def test_int8_model_predicts_as_the_fake_quant_model(
     train_few_steps(model, steps=5, lr=1e-3)
     images, labels = learnable_images(1000, seed=2)
     with torch.no_grad():
-        expected = model(images).argmax(1)
+        logits = model(images)
+    expected = logits.argmax(1)
     data = dorefa_int8_bytes(model)
     got = torch.from_numpy(session(data).run(None, {"images": images.numpy()})[0]).argmax(1)
     # a few QAT steps learn little (DoReFa clips activations at 1), but the predictions must be varied and better
     # than chance, or agreement would be trivial
     assert float((expected == labels).float().mean()) > 0.15 and len(expected.unique()) >= 3
-    assert float((got == expected).float().mean()) >= 0.999
+    top2 = logits.topk(2, dim=1).values
+    margins = (top2[:, 0] - top2[:, 1])[got != expected]
+    if weight_bits == 8:
+        assert margins.numel() <= 5 and bool((margins < _TIE).all()), margins
+    else:
+        assert float((got == expected).float().mean()) >= 0.999, margins
     graph = onnx.load_from_string(data).graph
     weights = [init for init in graph.initializer if init.data_type == onnx.TensorProto.INT8 and len(init.dims) == 4]
     assert len(weights) == 18  # the quantized convs of ResNet-20 store int8 codes (stem and classifier stay fp32)

@@ -32,7 +32,9 @@ EXPECTED = {
     "posthoc_logit_adjustment": {"method": "posthoc_logit_adjustment", "tau": 1.0},
     "posthoc_tau_norm": {"method": "posthoc_tau_norm", "tau": 1.0},
 }
-SHORT = ["--trainer.max_epochs=2", "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=0"]
+# Two batches per epoch: on the command line "1" is parsed as the float 1.0, which Lightning reads as "all batches"
+# (Trainer's limit_train_batches is typed float | int, float first).
+SHORT = ["--trainer.max_epochs=2", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=0"]
 
 
 @pytest.fixture(scope="module")

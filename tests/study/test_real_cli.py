@@ -28,7 +28,7 @@ def test_study_through_the_real_cli(tmp_path, capsys):
         "base": [str(REPO / "configs/trainer/cpu.yaml"), str(REPO / "configs/model/resnet20.yaml"), "data.yaml"],
         "args": [
             "--trainer.max_epochs=1",
-            "--trainer.limit_train_batches=1",
+            "--trainer.limit_train_batches=2",  # "1" would parse as 1.0: every batch
             "--trainer.enable_progress_bar=false",
             "--data.init_args.batch_size=16",
         ],
