@@ -18,6 +18,7 @@ Torch-Pruning's own serialisation (``tp.state_dict`` pickles modules and is not 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -87,9 +88,15 @@ def _shrinking(graph: tp.DependencyGraph, group: Any) -> tuple[dict[nn.Module, i
     return outs, ins
 
 
-def _per_channel(module: nn.Module, dim: int) -> int:
+def _weight_shape(module: nn.Module) -> tuple[int, ...]:
     weight = module.weight
-    return weight.numel() // weight.shape[dim]
+    assert isinstance(weight, torch.Tensor)
+    return tuple(weight.shape)
+
+
+def _per_channel(module: nn.Module, dim: int) -> int:
+    shape = _weight_shape(module)
+    return math.prod(shape) // shape[dim]
 
 
 def _groups(module: nn.Module) -> int:
@@ -161,7 +168,8 @@ def _unit(found: _Found, all_found: list[_Found], position: dict[nn.Module, int]
     for other in all_found:
         if other is not found:
             for module in found.outs.keys() & other.ins.keys():
-                pair = module.weight.numel() // module.weight.shape[0] // module.weight.shape[1]
+                shape = _weight_shape(module)
+                pair = math.prod(shape[2:])  # weights per (output channel, input channel) pair
                 overlaps.append((other.name, pair * found.outs[module] * other.ins[module]))
     consumers = sorted(found.ins, key=lambda module: position.get(module, -1))
     last = consumers[-1] if consumers else None
@@ -198,7 +206,7 @@ def _check_indices(model: nn.Module, kept_indices: Mapping[str, Sequence[int]]) 
 @torch.no_grad()
 def _prune_units(graph: tp.DependencyGraph, model: nn.Module, kept_indices: Mapping[str, Sequence[int]]) -> None:
     for name, indices in kept_indices.items():
-        conv = model.get_submodule(name)
+        conv: Any = model.get_submodule(name)
         removed = sorted(set(range(conv.out_channels)) - {int(i) for i in indices})
         if removed:
             with torch.enable_grad():
@@ -246,5 +254,6 @@ def plan_graph_record(model: nn.Module, input_size: Sequence[int] | None = None,
     size = traced_size(model, input_size)[0]
     units = graph_units(model, size)
     kept = plan_kept_filters(model, layers=units, **target)
-    indices = {unit.name: top_filters(unit.conv, kept[unit.name]).tolist() for unit in units if kept[unit.name] < unit.filters}
+    pruned = [unit for unit in units if kept[unit.name] < unit.filters]
+    indices = {unit.name: top_filters(unit.conv, kept[unit.name]).tolist() for unit in pruned}
     return graph_record(kept, indices, size)

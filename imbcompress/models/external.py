@@ -174,7 +174,7 @@ def load_backbone_weights(model: nn.Module, path: str, arch: str, setting: str =
     if isinstance(model, ExternalModel) and not any(key.startswith("net.") for key in state):
         state = {model.own_key(key): value for key, value in state.items()}
     own = model.state_dict()
-    kept = [
+    kept: list[str] = [
         key
         for key in ("classifier.weight", "classifier.bias")
         if key in state and key in own and state[key].shape != own[key].shape

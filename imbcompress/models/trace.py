@@ -22,7 +22,7 @@ DEFAULT_INPUT_SIZE = (3, 32, 32)
 
 @dataclass(frozen=True)
 class Call:
-    """One leaf-module call of a traced forward pass."""
+    """One module call of a traced forward pass (recorded when the call returns)."""
 
     name: str
     module: nn.Module
@@ -58,16 +58,17 @@ def input_sizes(model: nn.Module, input_size: Sequence[int] | None = None) -> li
     """The example sizes to try: the given one, else 32x32 and then the model's own ``default_input_size``."""
     if input_size is not None:
         return [tuple(input_size)]
-    sizes = [DEFAULT_INPUT_SIZE]
+    sizes: list[tuple[int, ...]] = [DEFAULT_INPUT_SIZE]
     own = getattr(model, "default_input_size", None)
     if own is not None and tuple(own) != DEFAULT_INPUT_SIZE:
         sizes.append(tuple(own))
     return sizes
 
 
-def _leaves(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+def _submodules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    # Every module, not only the leaves: a quantized conv (DoReFaConv2d, ClimbQConv2d) has a quantizer child.
     for name, module in model.named_modules():
-        if name and next(iter(module.children()), None) is None:
+        if name:
             yield name, module
 
 
@@ -87,7 +88,7 @@ def _trace_once(model: nn.Module, image: Tensor) -> list[Call]:
 
         return record
 
-    handles = [module.register_forward_hook(hook(name)) for name, module in _leaves(model)]
+    handles = [module.register_forward_hook(hook(name)) for name, module in _submodules(model)]
     try:
         with eval_mode(model):
             model(image)
@@ -98,12 +99,13 @@ def _trace_once(model: nn.Module, image: Tensor) -> list[Call]:
 
 
 def trace(model: nn.Module, input_size: Sequence[int] | None = None) -> list[Call]:
-    """Every leaf-module call of one forward pass, in execution order (see :func:`traced_size`)."""
+    """Every module call of one forward pass, in the order the calls return (see :func:`traced_size`)."""
     return traced_size(model, input_size)[1]
 
 
 def traced_size(model: nn.Module, input_size: Sequence[int] | None = None) -> tuple[tuple[int, ...], list[Call]]:
-    """The example size that ran and every leaf-module call of that forward pass, in execution order.
+    """The example size that ran and every module call of that forward pass, in the order the calls return (for
+    a module without children: the order they run in; a container comes after its children).
 
     Args:
         model: The model.
@@ -123,5 +125,5 @@ def traced_size(model: nn.Module, input_size: Sequence[int] | None = None) -> tu
 
 
 def execution_order(model: nn.Module, input_size: Sequence[int] | None = None) -> list[str]:
-    """Names of the leaf modules in the order a forward pass first calls them."""
+    """Names of the modules in the order their first call returns (a leaf: the order it runs in)."""
     return list(dict.fromkeys(call.name for call in trace(model, input_size)))
