@@ -67,7 +67,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def test_mixed_size_image_folder_trains_at_image_size(runs: dict[str, Any]) -> None:
     metrics = runs["fp32"]
-    assert metrics["image_size"] == IMAGE_SIZE and metrics["resize"] == "center_crop"
+    assert metrics["data"]["image_size"] == IMAGE_SIZE and metrics["data"]["resize"] == "center_crop"
     assert metrics["train_class_counts"] == [9, 5, 4] and metrics["test"]["num_samples"] == 10
     assert metrics["model"]["name"] == ARCH
 
