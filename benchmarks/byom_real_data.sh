@@ -51,8 +51,9 @@ for name, metrics in runs.items():
     seconds = int(seconds_file.read_text()) if seconds_file.exists() else None
     images = sum(metrics["train_class_counts"]) * epochs[name]
     speed = f"{images / seconds:,.0f}" if seconds else "-"
+    wall = f"{seconds} s" if seconds else "-"
     test = metrics["test"]
-    print(f"| {name} | {epochs[name]} | {seconds if seconds else '-'} s | {speed} | {metrics['model_size']['nnz']:,} | "
+    print(f"| {name} | {epochs[name]} | {wall} | {speed} | {metrics['model_size']['nnz']:,} | "
           f"{100 * test['accuracy']:.2f} | {100 * test['macro_f1']:.2f} | {100 * test['balanced_accuracy']:.2f} |")
 (record,) = runs["severe"]["compression"]
 print(f"\nNNZ before/after pruning: {record['nnz_before']:,} -> {record['nnz_after']:,} "
