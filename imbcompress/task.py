@@ -16,7 +16,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from imbcompress.compress.transforms import TRANSFORMS_KEY, TransformLog
 from imbcompress.metrics import summarize_confusion
-from imbcompress.models.registry import ModelName, build_model
+from imbcompress.models.registry import ArchName, build_model
 from imbcompress.schedule import lr_factor, lr_lambda, plan_steps
 
 __all__ = ["CompressibleTask", "ImbalanceClassifier", "LossContext", "LossTerm", "cross_entropy", "lr_factor"]
@@ -88,8 +88,9 @@ class ImbalanceClassifier(LightningModule):
     """Classifier task: cross-entropy training, per-class evaluation, and hooks for compression callbacks.
 
     Args:
-        arch: Architecture name from the model registry (checkpoints written before this option was renamed store it
-            as ``model``; they still load).
+        arch: Architecture: a registry name (resnet20/32/44/56/110, mobilenetv2), ``timm:<name>`` or
+            ``torchvision:<name>`` (random initialisation; docs/models.md). Checkpoints written before this option was
+            renamed store it as ``model``; they still load.
         num_classes: Number of classes; linked from the data module by the CLI, never typed in a config.
         shortcut: ResNet shortcut on a width/stride change: "A" (zero padding) or "B" (1x1 conv + BN). Leave unset
             for MobileNet-V2; ResNets default to "A".
@@ -108,11 +109,14 @@ class ImbalanceClassifier(LightningModule):
         init_from: Checkpoint file to initialise the weights from (an imbcompress/Lightning checkpoint, whose
             compression is replayed first, or a plain ``state_dict`` of the model). Used by compress-after-training
             flows; not stored in the hyperparameters, since a checkpoint of this task carries its own weights.
+        weights: A state-dict file of the bare architecture (e.g. ImageNet weights of a timm model, saved with
+            ``torch.save(model.state_dict())``) to start from instead of the random initialisation; a classifier with
+            another number of classes stays random. Not stored in the hyperparameters either.
     """
 
     def __init__(
         self,
-        arch: ModelName = "resnet20",
+        arch: ArchName = "resnet20",  # type: ignore[assignment]  # a plain str; the parser checks the name
         num_classes: int = 10,
         shortcut: Literal["A", "B"] | None = None,
         optimizer: Literal["sgd", "adamw"] = "sgd",
@@ -126,11 +130,12 @@ class ImbalanceClassifier(LightningModule):
         warmup_epochs: float = 0.0,
         channels_last: bool = True,
         init_from: str | None = None,
+        weights: str | None = None,
     ) -> None:
         super().__init__()
         _validate_hparams(lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs, gamma=gamma)
-        self.save_hyperparameters(ignore=["init_from"])
-        self.model: Any = build_model(arch, num_classes, shortcut)  # has forward_features / forward_head
+        self.save_hyperparameters(ignore=["init_from", "weights"])
+        self.model: Any = build_model(arch, num_classes, shortcut, weights)  # has forward_features / forward_head
         self.channels_last = channels_last
         self.num_classes = num_classes
         self.transforms = TransformLog()

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from imbcompress.compress.homovar import check_settings as check_homovar_settings
 from imbcompress.compress.transforms import check_not_quantized, register_transform
+from imbcompress.models.trace import Call, trace
 from imbcompress.names import check_bits as _check_bits
 
 Mode = Literal["official", "paper"]
@@ -308,18 +309,25 @@ def _excluded(name: str, exclude: list[str]) -> bool:
 
 
 def _conv_bn_pairs(model: nn.Module) -> list[tuple[str, str | None]]:
-    """(conv name, name of the BatchNorm registered right after it with matching width, or None)."""
-    named = list(model.named_modules())
-    pairs = []
-    for index, (name, module) in enumerate(named):
-        if not isinstance(module, nn.Conv2d):
+    """(conv name, name of the plain ``nn.BatchNorm2d`` that normalises its output, or None), in execution order.
+
+    Found from one forward pass (imbcompress.models.trace): the BatchNorm is the module whose input is the conv's
+    output tensor, so this holds for any architecture, whatever its module names. A conv followed by another kind of
+    normalisation (e.g. timm's fused ``BatchNormAct2d``) gets a weight quantizer but no feature quantizer.
+    """
+    calls = trace(model)
+    consumers: dict[int, list[Call]] = {}
+    for call in calls:
+        for tensor in call.inputs:
+            consumers.setdefault(tensor, []).append(call)
+    pairs: dict[str, str | None] = {}
+    for call in calls:
+        if not isinstance(call.module, nn.Conv2d) or call.name in pairs:
             continue
-        follower = named[index + 1] if index + 1 < len(named) else None
-        bn_name = None
-        if follower is not None and isinstance(follower[1], nn.BatchNorm2d):
-            bn_name = follower[0] if follower[1].num_features == module.out_channels else None
-        pairs.append((name, bn_name))
-    return pairs
+        followers = [c for c in consumers.get(call.output, []) if type(c.module) is nn.BatchNorm2d]
+        bn = followers[0] if len(followers) == 1 else None
+        pairs[call.name] = bn.name if bn is not None and bn.module.num_features == call.module.out_channels else None
+    return list(pairs.items())
 
 
 def climbq_record(model: nn.Module, bits: int, mode: Mode = "official", exclude: list[str] | None = None) -> dict:

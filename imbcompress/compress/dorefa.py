@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from imbcompress.compress.transforms import check_not_quantized, register_transform
+from imbcompress.models.trace import Call, trace
 from imbcompress.names import FULL_PRECISION_BITS as FULL_PRECISION
 from imbcompress.names import check_bits as _check_bits
 
@@ -225,34 +226,59 @@ _LAYER_TYPES = (nn.Conv2d, nn.Linear)
 _ACTIVATION_TYPES = (nn.ReLU, nn.ReLU6, QuantizedReLU)
 
 
-def default_exclude(model: nn.Module) -> list[str]:
-    """Full-precision by default: the first conv, the last linear, and the first and last activations.
+def _layer_names(calls: list[Call]) -> list[str]:
+    return list(dict.fromkeys(call.name for call in calls if isinstance(call.module, _LAYER_TYPES)))
 
-    For the CIFAR ResNets that is ``stem.conv``, ``stem.relu``, ``classifier`` and the last block's ``relu2`` (the
-    activation feeding the pooling); for MobileNet-V2 ``stem.conv``, ``stem.relu``, ``classifier``, ``head.relu``.
+
+def default_exclude(model: nn.Module) -> list[str]:
+    """Full-precision by default: the first conv, the last linear, and the activations next to them.
+
+    Found from one forward pass (execution order, not module names), so it holds for any architecture: the first
+    ``nn.Conv2d`` executed and the ReLU(s) executed after it before the next conv/linear, the last ``nn.Linear``
+    executed and the ReLU(s) executed after the last conv (the activation feeding the pooling). For the CIFAR ResNets
+    that is ``stem.conv``, ``stem.relu``, ``classifier`` and the last block's ``relu2``; for MobileNet-V2
+    ``stem.conv``, ``stem.relu``, ``classifier``, ``head.relu``.
     """
-    convs = [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
-    linears = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-    activations = [name for name, module in model.named_modules() if isinstance(module, _ACTIVATION_TYPES)]
-    picked = convs[:1] + activations[:1] + linears[-1:] + activations[-1:]
+    calls = trace(model)
+    names = [call.name for call in calls]
+    layers = _layer_names(calls)
+    modules = dict(model.named_modules())
+    convs = [name for name in layers if isinstance(modules[name], nn.Conv2d)]
+    linears = [name for name in layers if isinstance(modules[name], nn.Linear)]
+    first = names.index(convs[0]) if convs else None
+    last = max(i for i, name in enumerate(names) if name == convs[-1]) if convs else None
+    picked = convs[:1] + _activations_after(calls, first)
+    picked += linears[-1:] + _activations_after(calls, last)
     return list(dict.fromkeys(picked))
+
+
+def _activations_after(calls: list[Call], start: int | None) -> list[str]:
+    """Activations executed after ``calls[start]`` until the next conv/linear."""
+    if start is None:
+        return []
+    found = []
+    for call in calls[start + 1 :]:
+        if isinstance(call.module, _LAYER_TYPES):
+            break
+        if isinstance(call.module, _ACTIVATION_TYPES):
+            found.append(call.name)
+    return found
 
 
 def _is_excluded(name: str, exclude: list[str]) -> bool:
     return any(name == prefix or name.startswith(prefix + ".") for prefix in exclude)
 
 
-def _producer(model: nn.Module, activation_name: str) -> str | None:
-    """The layer an activation follows, by the models' naming (``relu1`` <- ``conv1``, ``dw_relu`` <- ``dw_conv``)."""
-    parent, _, last = activation_name.rpartition(".")
-    candidate = (parent + "." if parent else "") + last.replace("relu", "conv")
-    if candidate == activation_name:
-        return None
-    try:
-        model.get_submodule(candidate)
-    except AttributeError:
-        return None
-    return candidate
+def _producers(calls: list[Call]) -> dict[str, str | None]:
+    """Activation name -> the conv/linear executed last before its first call (None: no layer before it)."""
+    producers: dict[str, str | None] = {}
+    latest: str | None = None
+    for call in calls:
+        if isinstance(call.module, _LAYER_TYPES):
+            latest = call.name
+        elif isinstance(call.module, _ACTIVATION_TYPES):
+            producers.setdefault(call.name, latest)
+    return producers
 
 
 def dorefa_record(
@@ -281,10 +307,11 @@ def dorefa_record(
             if isinstance(module, _LAYER_TYPES) and not _is_excluded(name, exclude):
                 layers.append(name)
     if activation_bits != FULL_PRECISION:
+        producers = _producers(trace(model))
         for name, module in model.named_modules():
             if not isinstance(module, _ACTIVATION_TYPES) or _is_excluded(name, exclude):
                 continue
-            producer = _producer(model, name)
+            producer = producers.get(name)
             if producer is None or producer in layers:
                 activations.append(name)
     return {

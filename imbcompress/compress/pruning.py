@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -38,6 +38,8 @@ from imbcompress.compress.size import dense_weight_count
 from imbcompress.compress.transforms import register_transform
 
 Preset = Literal["mild", "moderate", "severe"]
+Engine = Literal["auto", "builtin", "torch_pruning"]
+ENGINES = ("auto", "builtin", "torch_pruning")
 PRESET_SPARSITY: dict[str, float] = {"mild": 0.153, "moderate": 0.712}
 PRESETS = ("mild", "moderate", "severe")
 _OUT_NAMES = ("weight", "weight_orig", "weight_mask", "bias", "bias_orig", "bias_mask")
@@ -70,6 +72,37 @@ class PrunableLayer:
     @property
     def stream_width(self) -> int:
         return self.consumer.out_channels
+
+    @property
+    def overlaps(self) -> tuple[tuple[str, int], ...]:
+        """Weights shared with another layer's filters (none: a block's inner conv feeds only its own block)."""
+        return ()
+
+
+class PlanUnit(Protocol):
+    """What the planner needs of a prunable layer (a :class:`PrunableLayer` or a Torch-Pruning graph unit).
+
+    ``overlaps`` lists ``(other unit, weights per (filter, other filter) pair)`` for weight tensors whose output
+    channels shrink with this unit and input channels with the other: the planner counts them once.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def conv_name(self) -> str: ...
+
+    @property
+    def filters(self) -> int: ...
+
+    @property
+    def nnz_per_filter(self) -> int: ...
+
+    @property
+    def stream_width(self) -> int: ...
+
+    @property
+    def overlaps(self) -> tuple[tuple[str, int], ...]: ...
 
 
 def _layer_of(name: str, block: Any) -> PrunableLayer:
@@ -182,30 +215,62 @@ def pruning_record(kept: Mapping[str, int], settings: Mapping[str, Any] | None =
     return record
 
 
+def resolve_engine(model: nn.Module, engine: str) -> Literal["builtin", "torch_pruning"]:
+    """The engine that prunes ``model``: ``auto`` is the built-in one for the registry models (their exact [C24]
+    counts), Torch-Pruning for every other model."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine={engine!r} is unknown; allowed: {', '.join(ENGINES)}")
+    has_blocks = hasattr(model, "prunable_blocks")
+    if engine == "builtin" and not has_blocks:
+        raise ValueError(
+            f"engine='builtin' prunes only the registry models (they have prunable_blocks()); "
+            f"{type(model).__name__} needs engine='torch_pruning' (or 'auto')"
+        )
+    if engine == "builtin" or (engine == "auto" and has_blocks):
+        return "builtin"
+    return "torch_pruning"
+
+
 @register_transform("filter_pruning")
 def _replay_filter_pruning(model: nn.Module, record: dict[str, Any]) -> None:
+    if record.get("engine", "builtin") == "torch_pruning":
+        from imbcompress.compress.pruning_tp import replay_graph_record  # Torch-Pruning only when it is used
+
+        replay_graph_record(model, record)
+        return
     prune_filters(model, record["kept_filters"])
 
 
 # ---------------------------------------------------------------------------------------------- planning
-def _removed(layers: Sequence[PrunableLayer], kept: Mapping[str, int]) -> int:
-    return sum((layer.filters - kept[layer.name]) * layer.nnz_per_filter for layer in layers)
+def _removed(layers: Sequence[PlanUnit], kept: Mapping[str, int]) -> int:
+    """Conv + linear weights a plan removes (exact: weights tied to two units' filters are counted once)."""
+    removed = sum((layer.filters - kept[layer.name]) * layer.nnz_per_filter for layer in layers)
+    filters = {layer.name: layer.filters for layer in layers}
+    for layer in layers:
+        for other, weights in layer.overlaps:
+            removed -= weights * (layer.filters - kept[layer.name]) * (filters[other] - kept[other])
+    return removed
 
 
-def _uniform(layers: Sequence[PrunableLayer], keep_fraction: float) -> dict[str, int]:
+def _uniform(layers: Sequence[PlanUnit], keep_fraction: float) -> dict[str, int]:
     return {layer.name: min(layer.filters, max(1, round(keep_fraction * layer.filters))) for layer in layers}
 
 
-def _moves(layers: Sequence[PrunableLayer], kept: Mapping[str, int]) -> Iterator[tuple[str, int, int]]:
+def _moves(layers: Sequence[PlanUnit], kept: Mapping[str, int]) -> Iterator[tuple[str, int, int]]:
     """Single-filter changes ``(name, new count, change in removed weights)`` that respect the bounds."""
+    shared = any(layer.overlaps for layer in layers)
+    before = _removed(layers, kept) if shared else 0
     for layer in layers:
         for step in (-1, 1):
             count = kept[layer.name] + step
             if 1 <= count <= layer.filters:
-                yield layer.name, count, -step * layer.nnz_per_filter
+                change = -step * layer.nnz_per_filter
+                if shared:
+                    change = _removed(layers, {**kept, layer.name: count}) - before
+                yield layer.name, count, change
 
 
-def _fix_up(layers: Sequence[PrunableLayer], kept: dict[str, int], target_removed: float) -> dict[str, int]:
+def _fix_up(layers: Sequence[PlanUnit], kept: dict[str, int], target_removed: float) -> dict[str, int]:
     error = _removed(layers, kept) - target_removed
     while True:
         best = min(_moves(layers, kept), key=lambda move: abs(error + move[2]), default=None)
@@ -215,16 +280,23 @@ def _fix_up(layers: Sequence[PrunableLayer], kept: dict[str, int], target_remove
         error += best[2]
 
 
-def max_sparsity(model: nn.Module) -> float:
-    """Largest fraction of conv + linear weights filter pruning can remove (one filter kept per layer)."""
-    layers = prunable_layers(model)
+def max_sparsity(model: nn.Module, layers: Sequence[PlanUnit] | None = None) -> float:
+    """Largest fraction of conv + linear weights filter pruning can remove (one filter kept per layer).
+
+    Args:
+        model: The model.
+        layers: Its prunable units (default: the built-in engine's :func:`prunable_layers`).
+    """
+    layers = prunable_layers(model) if layers is None else layers
     return _removed(layers, {layer.name: 1 for layer in layers}) / dense_weight_count(model)
 
 
-def solve_target_sparsity(model: nn.Module, target_sparsity: float) -> dict[str, int]:
+def solve_target_sparsity(
+    model: nn.Module, target_sparsity: float, layers: Sequence[PlanUnit] | None = None
+) -> dict[str, int]:
     """Per-layer kept-filter counts removing ``target_sparsity`` of the conv + linear weights (rule above)."""
-    layers = prunable_layers(model)
-    limit = max_sparsity(model)
+    layers = prunable_layers(model) if layers is None else layers
+    limit = max_sparsity(model, layers)
     if not 0.0 <= target_sparsity <= limit:
         raise ValueError(
             f"target_sparsity={target_sparsity} is not reachable on this model; allowed: [0, {limit:.4f}] "
@@ -245,7 +317,7 @@ def _kept_after(filters: int, fraction: float) -> int:
     return max(1, filters - math.floor(fraction * filters + 1e-9))
 
 
-def _from_layer_fractions(layers: Sequence[PrunableLayer], fractions: Mapping[str, float]) -> dict[str, int]:
+def _from_layer_fractions(layers: Sequence[PlanUnit], fractions: Mapping[str, float]) -> dict[str, int]:
     names = {layer.name: layer for layer in layers} | {layer.conv_name: layer for layer in layers}
     unknown = sorted(set(fractions) - set(names))
     if unknown:
@@ -257,9 +329,9 @@ def _from_layer_fractions(layers: Sequence[PrunableLayer], fractions: Mapping[st
     return kept
 
 
-def stages(layers: Sequence[PrunableLayer]) -> list[list[PrunableLayer]]:
+def stages(layers: Sequence[PlanUnit]) -> list[list[PlanUnit]]:
     """Group consecutive prunable layers whose block output (residual stream) width is the same."""
-    groups: list[list[PrunableLayer]] = []
+    groups: list[list[PlanUnit]] = []
     for layer in layers:
         if groups and groups[-1][-1].stream_width == layer.stream_width:
             groups[-1].append(layer)
@@ -268,7 +340,7 @@ def stages(layers: Sequence[PrunableLayer]) -> list[list[PrunableLayer]]:
     return groups
 
 
-def _from_stage_fractions(layers: Sequence[PrunableLayer], fractions: Sequence[float]) -> dict[str, int]:
+def _from_stage_fractions(layers: Sequence[PlanUnit], fractions: Sequence[float]) -> dict[str, int]:
     groups = stages(layers)
     if len(fractions) != len(groups):
         raise ValueError(
@@ -312,16 +384,21 @@ def plan_kept_filters(
     target_sparsity: float | None = None,
     layer_fractions: Mapping[str, float] | None = None,
     stage_fractions: Sequence[float] | None = None,
+    layers: Sequence[PlanUnit] | None = None,
 ) -> dict[str, int]:
-    """Kept-filter count per prunable block for exactly one target (see the module docstring)."""
+    """Kept-filter count per prunable unit for exactly one target (see the module docstring).
+
+    ``layers``: the units to plan for (default: the built-in engine's :func:`prunable_layers`; the Torch-Pruning
+    engine passes its graph units).
+    """
     validate_target(preset, target_sparsity, layer_fractions, stage_fractions)
-    layers = prunable_layers(model)
+    layers = prunable_layers(model) if layers is None else layers
     if preset == "severe":
         return {layer.name: 1 for layer in layers}
     if preset is not None:
         target_sparsity = PRESET_SPARSITY[preset]
     if target_sparsity is not None:
-        return solve_target_sparsity(model, target_sparsity)
+        return solve_target_sparsity(model, target_sparsity, layers)
     if layer_fractions is not None:
         return _from_layer_fractions(layers, layer_fractions)
     return _from_stage_fractions(layers, stage_fractions or [])

@@ -74,12 +74,19 @@ def check_not_quantized(module: nn.Module, name: str, method: str) -> None:
         )
 
 
+WEIGHT_CHOICE_KEYS = frozenset({"kept_indices"})
+"""Record keys that say which weights a transform kept, not which shapes it made (the filter indices of the
+Torch-Pruning engine, ranked on the weights the record was made on). Two records that differ only there build the
+same structure, which is all a checkpoint's state dict needs, so :func:`compatible` ignores them."""
+
+
 def compatible(saved: dict[str, Any], applied: dict[str, Any]) -> bool:
-    """Whether two records describe the same transform: same kind, equal on every key both have.
+    """Whether two records describe the same transform: same kind, equal on every key both have (except
+    :data:`WEIGHT_CHOICE_KEYS`).
 
     Records written by older versions lack keys added since (e.g. ``settings``); they still match.
     """
-    shared = saved.keys() & applied.keys()
+    shared = (saved.keys() & applied.keys()) - WEIGHT_CHOICE_KEYS
     return saved.get("kind") == applied.get("kind") and all(saved[key] == applied[key] for key in shared)
 
 

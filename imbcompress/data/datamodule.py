@@ -12,6 +12,7 @@ from torch import Tensor
 from imbcompress.data.augment import channel_stats, normalize, random_crop_flip
 from imbcompress.data.imbalance import Head, Profile, class_counts, derive_seed, select_indices, stratified_split
 from imbcompress.data.loader import TensorBatchLoader
+from imbcompress.data.resize import ResizeMode, check_image_size, crop_padding
 from imbcompress.data.sources import DatasetArrays, dataset_info, load_cifar, load_image_folder
 from imbcompress.remedies.sampling import Sampler, check_sampler, check_sampler_for_fit
 
@@ -24,7 +25,7 @@ CIFAR_STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
-CROP_PADDING = 4
+CROP_PADDING = 4  # without image_size; with it, scaled to the size (imbcompress.data.resize.crop_padding)
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,8 @@ class ImbalancedDataModule(LightningDataModule):
 
     Batches are ``(uint8 images, int64 labels)`` taken straight from in-memory tensors (no workers);
     ``on_after_batch_transfer`` normalises them on the device and, for training batches, applies the
-    random crop (zero padding 4) and horizontal flip to the whole batch at once.
+    random crop (zero padding 4; with ``image_size``, 1/8 of the side: 4 at 32, 8 at 64) and horizontal flip
+    to the whole batch at once.
 
     Args:
         dataset: ``cifar10``, ``cifar100`` (fine labels) or ``image_folder`` (``root/train/<class>/*`` and
@@ -90,6 +92,11 @@ class ImbalancedDataModule(LightningDataModule):
             or ``deferred`` (instance-balanced, then class-balanced from ``sampler_switch_epoch``). The
             re-samplers draw with replacement; an epoch keeps the training set's size.
         sampler_switch_epoch: the first class-balanced epoch of ``sampler: deferred`` (1..max_epochs-1).
+        image_size: side of the square images the model sees (>= 8). Every image is brought to it once, as it
+            is decoded (cached per size for an image folder); needed for an image folder whose images differ in
+            size. Unset (default): the images' own size (32x32 for CIFAR).
+        resize: how ``image_size`` is reached: ``center_crop`` (shorter side to ``image_size``, then the central
+            square) or ``stretch`` (both sides to ``image_size``, distorting non-square images).
     """
 
     def __init__(
@@ -111,9 +118,12 @@ class ImbalancedDataModule(LightningDataModule):
         data_on_device: bool = True,
         sampler: Sampler = "instance_balanced",
         sampler_switch_epoch: int | None = None,
+        image_size: int | None = None,
+        resize: ResizeMode = "center_crop",
     ) -> None:
         super().__init__()
         _check_settings(dataset, download, batch_size, eval_batch_size, val_fraction)
+        check_image_size(image_size, resize)
         check_sampler(sampler, sampler_switch_epoch)
         # No save_hyperparameters(): the CLI's config.yaml records these, and Lightning refuses to log a model and
         # a data module that share a hyperparameter name with different values.
@@ -135,6 +145,8 @@ class ImbalancedDataModule(LightningDataModule):
         self.data_on_device = data_on_device
         self.sampler = sampler
         self.sampler_switch_epoch = sampler_switch_epoch
+        self.image_size = image_size
+        self.resize = resize
 
         info = dataset_info(dataset, root, download)
         self.num_classes: int = info.num_classes
@@ -173,8 +185,8 @@ class ImbalancedDataModule(LightningDataModule):
 
     def _load(self) -> DatasetArrays:
         if self.dataset == "image_folder":
-            return load_image_folder(self.root, self.cache_dir)
-        return load_cifar(self.root, self.dataset, self.download)
+            return load_image_folder(self.root, self.cache_dir, self.image_size, self.resize)
+        return load_cifar(self.root, self.dataset, self.download, self.image_size, self.resize)
 
     def _prepare(self) -> None:
         """Loads the source once and keeps the selected training subset, the validation split and the test set."""
@@ -213,6 +225,14 @@ class ImbalancedDataModule(LightningDataModule):
         self._prepare()
         assert self._train is not None
         return self._train.images, self._train.labels
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of the images the model sees. Loads the source on first use."""
+        self._prepare()
+        assert self._train is not None
+        channels, height, width = self._train.images.shape[1:]
+        return int(channels), int(height), int(width)
 
     @property
     def test_class_counts(self) -> list[int]:
@@ -313,13 +333,15 @@ class ImbalancedDataModule(LightningDataModule):
         """uint8 -> normalised float32 on the device; random crop + flip for training batches."""
         images, labels = batch
         if self.augment and self.trainer is not None and self.trainer.training:
-            images = random_crop_flip(images, CROP_PADDING, generator=self._augment_generator(images.device))
+            padding = CROP_PADDING if self.image_size is None else crop_padding(self.image_size)
+            images = random_crop_flip(images, padding, generator=self._augment_generator(images.device))
         return normalize(images, self.mean, self.std), labels
 
     # ----------------------------------------------------------------------------------- reporting
 
     def describe(self) -> dict[str, Any]:
-        """The data part of ``metrics.json`` (plain values)."""
+        """The data part of ``metrics.json`` (plain values); ``image_size`` and ``resize`` when images were resized."""
+        resized = {"image_size": self.image_size, "resize": self.resize} if self.image_size is not None else {}
         return {
             "dataset": self.dataset,
             "root": str(self.root),
@@ -335,7 +357,7 @@ class ImbalancedDataModule(LightningDataModule):
             "test_class_counts": self.test_class_counts,
             "val_fraction": self.val_fraction,
             "shuffle_seed": self.shuffle_seed,
-        }
+        } | resized
 
     def remedy_record(self) -> dict[str, Any] | None:
         """The re-sampling remedy for ``metrics.json["remedies"]``; None for the default instance-balanced order."""

@@ -3,7 +3,9 @@
 Every source gives the whole training and test sets as uint8 ``[N, 3, H, W]`` tensors with int64
 labels (:class:`DatasetArrays`); choosing the imbalanced subset happens later, by index.
 Image folders are decoded once and cached as an ``.npz`` of uint8 arrays keyed by a fingerprint of
-the file list, so a second load takes a fraction of a second.
+the file list, so a second load takes a fraction of a second. With ``image_size`` every image is brought to
+that square size as it is decoded (``imbcompress.data.resize``) and the result is cached per size, next to the
+cache of the images' own size.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from PIL import Image
 from torch import Tensor
 
 from imbcompress.atomic import atomic_write
+from imbcompress.data.resize import resize_image, resize_tensor_images
 from imbcompress.errors import SettingsError
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -147,13 +150,21 @@ def _read_cifar_batches(directory: Path, files: tuple[str, ...], label_key: str)
     return images, labels
 
 
-def load_cifar(root: str | os.PathLike, name: str, download: bool = False) -> DatasetArrays:
+def load_cifar(
+    root: str | os.PathLike,
+    name: str,
+    download: bool = False,
+    image_size: int | None = None,
+    resize: str = "center_crop",
+) -> DatasetArrays:
     """Reads CIFAR-10 or CIFAR-100 (fine labels) from the official python pickles under ``root``.
 
     Args:
         root: directory containing ``cifar-10-batches-py/`` or ``cifar-100-python/``.
         name: ``cifar10`` or ``cifar100``.
         download: download with torchvision when the files are absent (needs internet access).
+        image_size: bring the 32x32 images to this square size (None: keep them as they are).
+        resize: the policy of ``imbcompress.data.resize`` (both give the same result on square images).
 
     Raises:
         FileNotFoundError: when the files are absent and ``download`` is false.
@@ -169,6 +180,9 @@ def load_cifar(root: str | os.PathLike, name: str, download: bool = False) -> Da
     train_images, train_labels = _read_cifar_batches(directory, layout.train_files, layout.label_key)
     test_images, test_labels = _read_cifar_batches(directory, (layout.test_file,), layout.label_key)
     class_names = [str(n) for n in _unpickle(directory / layout.meta_file)[layout.names_key]]
+    if image_size is not None:
+        train_images = resize_tensor_images(train_images, image_size, resize)
+        test_images = resize_tensor_images(test_images, image_size, resize)
     return DatasetArrays(train_images, train_labels, test_images, test_labels, class_names)
 
 
@@ -221,17 +235,18 @@ def _scan_split(root: Path, split: str) -> _SplitFiles:
     return files
 
 
-def _fingerprint(*splits: _SplitFiles) -> str:
-    digest = hashlib.sha1(f"imbcompress-image-folder-v{_CACHE_FORMAT}\n".encode())
+def _fingerprint(*splits: _SplitFiles, size_tag: str = "") -> str:
+    digest = hashlib.sha1(f"imbcompress-image-folder-v{_CACHE_FORMAT}\n{size_tag}".encode())
     for split in splits:
         digest.update("\n".join(split.stamps).encode())
     return digest.hexdigest()[:20]
 
 
-def _decode(path: str) -> np.ndarray:
+def _decode(path: str, image_size: int | None = None, resize: str = "center_crop") -> np.ndarray:
     try:
         with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
+            rgb = image.convert("RGB")
+            return np.asarray(rgb if image_size is None else resize_image(rgb, image_size, resize))
     except (OSError, SyntaxError, ValueError) as err:  # PIL: unidentified format, "image file is truncated", ...
         # Refused, not skipped: dropping a file would silently change the class counts the study reports.
         raise SettingsError(
@@ -240,23 +255,24 @@ def _decode(path: str) -> np.ndarray:
         ) from err
 
 
-def _decode_all(paths: list[str]) -> Tensor:
+def _decode_all(paths: list[str], image_size: int | None = None, resize: str = "center_crop") -> Tensor:
     # PIL releases the GIL while decoding, so threads give a real speed-up
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        arrays = list(pool.map(_decode, paths))
+        arrays = list(pool.map(lambda path: _decode(path, image_size, resize), paths))
     shape = arrays[0].shape
     for path, array in zip(paths, arrays):
         if array.shape != shape:
             raise ValueError(
                 f"all images of an image folder must share one size: {paths[0]} is {shape[1]}x{shape[0]}, "
-                f"{path} is {array.shape[1]}x{array.shape[0]}"
+                f"{path} is {array.shape[1]}x{array.shape[0]}. Set data.image_size (e.g. 64) to bring every image "
+                "to one square size as it is decoded (data.resize: center_crop or stretch)"
             )
     return torch.from_numpy(np.stack(arrays).transpose(0, 3, 1, 2).copy())
 
 
-def _cache_file(root: Path, cache_dir: str | os.PathLike | None, fingerprint: str) -> Path:
+def _cache_file(root: Path, cache_dir: str | os.PathLike | None, fingerprint: str, size_tag: str = "") -> Path:
     directory = Path(cache_dir) if cache_dir is not None else root / CACHE_DIRNAME
-    return directory / f"{root.resolve().name}-{fingerprint}.npz"
+    return directory / f"{root.resolve().name}-{size_tag + '-' if size_tag else ''}{fingerprint}.npz"
 
 
 def _read_cache(path: Path) -> DatasetArrays | None:
@@ -299,17 +315,25 @@ def _write_cache(path: Path, fingerprint: str, arrays: DatasetArrays) -> None:
             stale.unlink(missing_ok=True)
 
 
-def load_image_folder(root: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> DatasetArrays:
+def load_image_folder(
+    root: str | os.PathLike,
+    cache_dir: str | os.PathLike | None = None,
+    image_size: int | None = None,
+    resize: str = "center_crop",
+) -> DatasetArrays:
     """Reads ``root/train/<class>/*`` and ``root/test/<class>/*`` into uint8 tensors, through a decode cache.
 
     Class labels follow the sorted class directory names; the test split must have the same classes.
-    Images are converted to RGB and must all share one size. The decoded arrays are cached in
-    ``root/.imbcompress_cache/`` (or ``cache_dir``, e.g. when ``root`` is read-only) under a fingerprint
-    of the file list, sizes and modification times, so a changed folder is decoded again.
+    Images are converted to RGB and must all share one size, unless ``image_size`` brings each to that square
+    size as it is decoded. The decoded arrays are cached in ``root/.imbcompress_cache/`` (or ``cache_dir``,
+    e.g. when ``root`` is read-only) under a fingerprint of the file list, sizes and modification times, so a
+    changed folder is decoded again; each ``image_size`` / ``resize`` has its own cache file.
 
     Args:
         root: the image folder.
         cache_dir: directory for the decode cache instead of ``root/.imbcompress_cache``.
+        image_size: side of the square images to make (None: keep the images' own, common size).
+        resize: ``center_crop`` or ``stretch`` (``imbcompress.data.resize``).
     """
     root = Path(root)
     train, test = _scan_split(root, "train"), _scan_split(root, "test")
@@ -318,14 +342,15 @@ def load_image_folder(root: str | os.PathLike, cache_dir: str | os.PathLike | No
             f"the test classes of {root} differ from the training classes: "
             f"train {train.class_names}, test {test.class_names}"
         )
-    fingerprint = _fingerprint(train, test)
-    cache = _cache_file(root, cache_dir, fingerprint)
+    size_tag = "" if image_size is None else f"{image_size}{resize}"
+    fingerprint = _fingerprint(train, test, size_tag=size_tag)
+    cache = _cache_file(root, cache_dir, fingerprint, size_tag)
     if cache.is_file() and (cached := _read_cache(cache)) is not None:
         return cached
     arrays = DatasetArrays(
-        _decode_all(train.paths),
+        _decode_all(train.paths, image_size, resize),
         torch.tensor(train.labels, dtype=torch.int64),
-        _decode_all(test.paths),
+        _decode_all(test.paths, image_size, resize),
         torch.tensor(test.labels, dtype=torch.int64),
         train.class_names,
     )
