@@ -5,7 +5,7 @@
 # prunable conv) fine-tuned from it. Prints training throughput, NNZ before/after, the per-class table of both runs,
 # then the inference benchmark of the pruned vs unpruned model (benchmarks/bench_byom.py).
 #
-#   bash benchmarks/byom_real_data.sh [OUT_DIR] [FP32_EPOCHS] [PRUNED_EPOCHS] [ARCH]
+#   [PRECISION=32-true] bash benchmarks/byom_real_data.sh [OUT_DIR] [FP32_EPOCHS] [PRUNED_EPOCHS] [ARCH]
 #
 # Defaults: runs/byom_real, 6, 6, timm:mobilenetv3_small_100. About 30 minutes on a 2-core CPU with the defaults:
 # the one-time decode + resize of the 60,000 JPEGs (~1-2 min, cached in /tmp/data/cifar_jpg/.imbcompress_cache),
@@ -21,6 +21,8 @@ common=(--config configs/trainer/cpu.yaml --config configs/model/timm_mobilenetv
   --model.init_args.arch="$arch" --config configs/data/cifar10_jpeg.yaml
   --data.init_args.profile=exponential --data.init_args.imbalance_ratio=100 --data.init_args.image_size=64
   --trainer.limit_val_batches=0 --trainer.enable_progress_bar=false)
+# PRECISION=32-true on a CPU without native bf16 (configs/trainer/cpu.yaml's bf16 is emulated there, and slow)
+[ -n "${PRECISION:-}" ] && common+=(--trainer.precision="$PRECISION")
 mkdir -p "$out"
 
 run() {  # run NAME EPOCHS ARGS...: one fit (skipped when finished), its wall time in NAME.seconds
