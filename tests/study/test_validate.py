@@ -27,7 +27,7 @@ def test_typo_in_an_inline_callback_fails_before_any_run(tmp_path, fake_env, cap
     out = tmp_path / "out"
     assert main(["run", str(path), "--out", str(out)]) == 2  # the default command: python -m imbcompress
     err = capsys.readouterr().err
-    assert "does not parse (nothing was started)" in err and "2 run(s) (e.g. balanced/student/seed0)" in err
+    assert "is invalid (nothing was started)" in err and "2 run(s) (e.g. balanced/student/seed0)" in err
     assert "QuantisationAwareTraining" in err
     assert not out.exists()
 
