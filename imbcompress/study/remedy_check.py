@@ -30,7 +30,7 @@ def allowed_remedy_classes() -> list[str]:
     """The class paths of the remedy callbacks the package has."""
     import imbcompress.callbacks as package
 
-    classes = [getattr(package, name) for name in package.__all__]
+    classes = [getattr(package, name) for name in package.__all__ if name != "LossRemedy"]  # the base is no remedy
     return [f"imbcompress.callbacks.{c.__name__}" for c in classes if issubclass(c, _remedy_bases())]
 
 
@@ -81,13 +81,15 @@ def check_remedy(record: dict) -> None:
     from imbcompress.callbacks.loss_remedy import check_one_base_loss
     from imbcompress.remedies.sampling import check_sampler
 
-    callbacks = list(record.get("callbacks") or [])
-    sampler = {"sampler": record.get("sampler"), "sampler_switch_epoch": record.get("sampler_switch_epoch")}
-    for fragment in record.get("fragments") or []:
+    callbacks: list[dict] = []
+    sampler: dict[str, Any] = {"sampler": None, "sampler_switch_epoch": None}
+    for fragment in record.get("fragments") or []:  # in the order of the fit: fragments, then the inline ones
         more_callbacks, more_sampler = _fragment_contents(fragment)
         callbacks += more_callbacks
-        if more_sampler and sampler["sampler"] is None:  # an inline sampler comes later on the command line
-            sampler = {"sampler_switch_epoch": None, **more_sampler}
+        sampler.update(more_sampler)
+    callbacks += list(record.get("callbacks") or [])
+    inline = {key: record.get(key) for key in sampler if record.get(key) is not None}
+    sampler.update(inline)  # inline sampler settings are command-line arguments: they come last
     instances = [_instantiate(callback) for callback in callbacks]
     check_one_base_loss(SimpleNamespace(callbacks=instances))  # type: ignore[arg-type]
     if sampler["sampler"] is not None:

@@ -21,7 +21,14 @@ from imbcompress.locks import LockHeld, hold_run_dir_lock
 
 
 def option(argv: list[str], name: str) -> str | None:
-    return argv[argv.index(name) + 1] if name in argv else None
+    """The value of ``name VALUE`` or ``name=VALUE`` (the last one given), or None."""
+    value = None
+    for index, arg in enumerate(argv):
+        if arg == name and index + 1 < len(argv):
+            value = argv[index + 1]
+        elif arg.startswith(name + "="):
+            value = arg[len(name) + 1 :]
+    return value
 
 
 def matches(variable: str, run_dir: str) -> bool:
