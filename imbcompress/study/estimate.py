@@ -3,8 +3,8 @@
 The throughput is read from a measurement file, never assumed. A run's work is its training images: epochs (from its
 parsed fit configuration) x the images of its training set (the imbalance profile's class counts, less the
 validation split, cut by ``limit_train_batches``). Evaluation passes are not counted, so the estimate is a lower
-bound; a PTQ run trains nothing and counts 0. The study's wall time is a simulation of the scheduler: runs in plan order, each on the first slot that is
-free once its dependencies have finished.
+bound; a PTQ run trains nothing and counts 0. The study's wall time is a simulation of the scheduler: runs in plan
+order, each on the first slot that is free once its dependencies have finished.
 """
 
 from __future__ import annotations

@@ -125,7 +125,8 @@ def _make_run(study: Study, out_dir: Path, variant: Variant, method: Method, rem
     if method.ptq is not None:
         assert method.init_from is not None
         args = _ptq_args(method, dep_dir(method.init_from), run_dir, seed)
-        return Run(rid, str(run_dir), asdict(variant), method.name, seed, deps, args=args, remedy=remedy.name, kind="ptq")
+        variant_data = asdict(variant)
+        return Run(rid, str(run_dir), variant_data, method.name, seed, deps, args=args, remedy=remedy.name, kind="ptq")
     callbacks = [dict(cb) for cb in method.callbacks]
     if method.teacher is not None:
         callbacks.append(_distill_callback(dep_dir(method.teacher), method.distill))

@@ -11,6 +11,8 @@ import importlib
 from types import SimpleNamespace
 from typing import Any
 
+import yaml
+
 from imbcompress.study.remedies import BASELINE
 from imbcompress.yamlio import load_yaml_file
 
@@ -45,22 +47,36 @@ def import_class(class_path: str) -> type | None:
     return found if isinstance(found, type) else None
 
 
+def _mapping(path: str, where: str, value: Any) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"fragment {path}: {where} is not a mapping; {FRAGMENT_RULE}")
+    return dict(value)
+
+
 def _fragment_contents(path: str) -> tuple[list[dict], dict[str, Any]]:
     """The callbacks a remedy fragment appends and the sampler settings it sets; anything else is an error."""
-    data = load_yaml_file(path) or {}
-    trainer = data.pop("trainer", None) or {}
-    init_args = dict((data.pop("data", None) or {}).get("init_args") or {})
+    try:
+        data = _mapping(path, "the file", load_yaml_file(path))
+    except yaml.YAMLError as error:
+        raise ValueError(f"fragment {path} is not valid YAML: {error}") from None
+    trainer = _mapping(path, "trainer", data.pop("trainer", None))
+    data_section = _mapping(path, "data", data.pop("data", None))
+    init_args = _mapping(path, "data.init_args", data_section.pop("init_args", None))
     callbacks = list(trainer.pop("callbacks+", None) or []) + list(trainer.pop("callbacks", None) or [])
     sampler = {key: init_args.pop(key) for key in ("sampler", "sampler_switch_epoch") if key in init_args}
     extra = [f"{key} (top level)" for key in data] + [f"trainer.{key}" for key in trainer]
-    extra += [f"data.init_args.{key}" for key in init_args]
+    extra += [f"data.{key}" for key in data_section] + [f"data.init_args.{key}" for key in init_args]
     if extra:
         raise ValueError(f"fragment {path} sets {', '.join(extra)}; {FRAGMENT_RULE}")
     return callbacks, sampler
 
 
-def _instantiate(callback: dict) -> Any:
-    class_path = str(callback.get("class_path"))
+def _instantiate(callback: Any) -> Any:
+    if not isinstance(callback, dict) or "class_path" not in callback:
+        raise ValueError(f"expected a callback as {{class_path, init_args}}, got {callback!r}")
+    class_path = str(callback["class_path"])
     cls = import_class(class_path)
     if cls is None or not issubclass(cls, _remedy_bases()):
         what = "cannot be imported" if cls is None else "is not a remedy callback"
@@ -146,4 +162,3 @@ def config_problem(config: Any) -> str | None:
     except (ValueError, TypeError) as error:
         return str(error)
     return None
-

@@ -3,10 +3,10 @@
 It locks the run directory, checks what a real fit would need (config files and dependency checkpoints
 exist), records its call, writes ``config.yaml``, ``checkpoints/last.ckpt`` (a zip archive, as torch.save) and then
 an atomic ``metrics.json``. As ``ptq`` it checks that the source run's config and checkpoint exist, records its call
-and writes ``metrics.json`` (F1 0.02 below the fit's). Environment switches (substrings of the run directory): ``FAKE_FIT_FAIL`` exits 3,
-``FAKE_FIT_DIE`` SIGKILLs itself after the checkpoint, ``FAKE_FIT_HANG`` sleeps after the checkpoint (until
-killed) unless resuming. ``FAKE_FIT_SECONDS`` makes every fit last that long; with ``FAKE_SMI_DIR`` each fit
-writes a line for the fake ``nvidia-smi`` of the packing test.
+and writes ``metrics.json`` (F1 0.02 below the fit's). Environment switches (substrings of the run directory):
+``FAKE_FIT_FAIL`` exits 3, ``FAKE_FIT_DIE`` SIGKILLs itself after the checkpoint, ``FAKE_FIT_HANG`` sleeps after
+the checkpoint (until killed) unless resuming. ``FAKE_FIT_SECONDS`` makes every fit last that long; with
+``FAKE_SMI_DIR`` each fit writes a line for the fake ``nvidia-smi`` of the packing test.
 """
 
 import json

@@ -28,8 +28,8 @@ def methods(**ptq) -> dict:
 
 
 def test_ptq_runs_quantize_the_parent_checkpoint_with_explicit_settings(tmp_path):
-    study = load_study(write_study(tmp_path, methods=methods(ptq_int8=PTQ, ptq_default={"ptq": {}, "init_from": "prune"}),
-                                   remedies={"la": LA}, seeds=[0, 1]))  # fmt: skip
+    both = methods(ptq_int8=PTQ, ptq_default={"ptq": {}, "init_from": "prune"})
+    study = load_study(write_study(tmp_path, methods=both, remedies={"la": LA}, seeds=[0, 1]))
     runs = expand(study, tmp_path / "out").by_id()
     run = runs["exponential-r100/ptq_int8@la/seed1"]
     parent = Path(runs["exponential-r100/fp32@la/seed1"].dir)  # under a remedy: FP32 trained with the remedy
@@ -88,8 +88,8 @@ def test_ptq_runs_through_the_runner_and_into_the_gap_tables(tmp_path, fake_env,
     with open(out / "report" / "robustness_exponential_first.csv") as handle:
         assert next(csv.DictReader(handle))["PTQ int8"].endswith(")")  # R (Δ_c − Δ_u) beside pruning
     changed = dict(PTQ, ptq={"calibration": "imbalanced", "calibration_size": 20})
-    assert main(["run", str(write_study(tmp_path, methods=methods(ptq_int8=changed))), "--out", str(out),
-                 "--command", " ".join(fake_prefix)]) == 2  # fmt: skip
+    changed_path = write_study(tmp_path, methods=methods(ptq_int8=changed))
+    assert main(["run", str(changed_path), "--out", str(out), "--command", " ".join(fake_prefix)]) == 2
     assert "-'balanced' +'imbalanced'" in capsys.readouterr().err  # a changed PTQ setting is a changed run
 
 
@@ -105,21 +105,26 @@ def test_ptq_runs_are_not_parsed_as_fits_and_train_nothing(tmp_path):
 @pytest.mark.slow
 def test_ptq_study_end_to_end_on_generated_data(tmp_path, capsys):
     make_fake_cifar(tmp_path / "data", train_per_class=8, test_per_class=2)
-    data = {"data": {"class_path": "imbcompress.data.ImbalancedDataModule",
-                     "init_args": {"root": str(tmp_path / "data")}}}  # fmt: skip
+    init_args = {"root": str(tmp_path / "data")}
+    data = {"data": {"class_path": "imbcompress.data.ImbalancedDataModule", "init_args": init_args}}
     (tmp_path / "data.yaml").write_text(yaml.safe_dump(data))
     study = {
         "name": "ptq",
         "base": [str(REPO / "configs/trainer/cpu.yaml"), str(REPO / "configs/model/resnet20.yaml"), "data.yaml"],
-        "args": ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.enable_progress_bar=false",
-                 "--data.init_args.batch_size=16"],  # fmt: skip
+        "args": [
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=2",
+            "--trainer.enable_progress_bar=false",
+            "--data.init_args.batch_size=16",
+        ],
         "imbalance": [{"profile": "exponential", "ratio": 2}],
         "methods": {"fp32": {}, "ptq_int8": {"ptq": {"calibration_size": 16}, "init_from": "fp32"}},
         "seeds": [0],
     }
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
     out = tmp_path / "out"
-    code = main(["run", str(tmp_path / "study.yaml"), "--out", str(out), "--command", f"{sys.executable} -m imbcompress"])
+    command = f"{sys.executable} -m imbcompress"
+    code = main(["run", str(tmp_path / "study.yaml"), "--out", str(out), "--command", command, "--jobs", "2"])
     assert code == 0, capsys.readouterr()
     metrics = json.loads((out / "runs/exponential-r2/ptq_int8/seed0/metrics.json").read_text())
     record = metrics["compression"][0]

@@ -29,7 +29,8 @@ F1 = {
 # per-class F1 = macro-F1 + these; the last class has the fewest training images on the imbalanced variant
 OFFSETS = {"ce": (0.1, 0.1, -0.2), "la": (0.025, 0.025, -0.05)}
 COUNTS = {"balanced": [10, 10, 10], "exponential-r100": [100, 10, 1]}
-LA = {"callbacks": [{"class_path": "imbcompress.callbacks.LogitAdjustedLoss", "init_args": {"tau": 1.0}}], "label": "LA"}
+LA_CALLBACK = {"class_path": "imbcompress.callbacks.LogitAdjustedLoss", "init_args": {"tau": 1.0}}
+LA = {"callbacks": [LA_CALLBACK], "label": "LA"}
 
 
 def write_metrics(run, f1: float) -> None:
@@ -80,7 +81,8 @@ def test_recovery_table_numbers(study_dir):
     robust = rows(out / "robustness_exponential_first.csv", "ρ")["100"]
     assert list(robust)[1:] == ["q", "q + LA"]  # each remedy's FP32 is the reference of that remedy's runs
     assert (robust["q"], robust["q + LA"]) == ("1.44 (+10.0)", "1.60 (+7.5)")
-    gaps = {(r["variant"], r["method"]): r for r in csv.DictReader(open(out / "gaps_long.csv"))}
+    with open(out / "gaps_long.csv") as handle:
+        gaps = {(r["variant"], r["method"]): r for r in csv.DictReader(handle)}
     assert float(gaps[("exponential-r100", "q@la")]["R_of_means"]) == pytest.approx(1.6)
     assert list(rows(out / "model_size.csv", "method")) == ["FP32", "q"]  # a remedy does not change the size
 
