@@ -92,7 +92,7 @@ def callback(class_path: str, **init_args) -> dict:
 
 def test_remedy_settings_classes_and_conflicts_are_checked_before_any_run(tmp_path):
     (tmp_path / "frags").mkdir()
-    (tmp_path / "frags" / "epochs.yaml").write_text("trainer: {max_epochs: 3}\ndata: {init_args: {sampler: sqrt}}\n")
+    (tmp_path / "frags" / "epochs.yaml").write_text("trainer: {max_epochs: 3}\ndata: {class_path: x.Y}\n")
     entries = {
         "typo": {"callbacks": [callback("imbcompress.callbacks.LogitAdjustLoss")]},
         "pruning": {"callbacks": [callback("imbcompress.callbacks.FilterPruning", preset="severe")]},
@@ -114,7 +114,7 @@ def test_remedy_settings_classes_and_conflicts_are_checked_before_any_run(tmp_pa
     assert "LDAMDRWLoss (loss remedy 'ldam_drw') and LogitAdjustedLoss" in by_name["remedies.two"]
     assert "sampler must be one of ['instance_balanced', 'class_balanced'" in by_name["remedies.sampler"]
     assert "sampler='deferred' needs sampler_switch_epoch" in by_name["remedies.deferred"]
-    assert "sets trainer.max_epochs; a remedy fragment may only append" in by_name["remedies.extra"]
+    assert "sets trainer.max_epochs, data.class_path; a remedy fragment may only append" in by_name["remedies.extra"]
 
 
 def test_an_invalid_remedy_stops_study_run_before_anything_is_written(tmp_path, fake_env, capsys):
