@@ -91,24 +91,43 @@ def robustness(
     }
 
 
-def gap_summary(records: list[dict], reference: str, guard_points: float = GUARD_POINTS) -> list[dict]:
+def gap_summary(records: list[dict], reference: str | dict[str, str], guard_points: float = GUARD_POINTS) -> list[dict]:
     """One row per (imbalanced variant, method): gap mean/std over seeds and, for compressed methods, R.
 
     Args:
         records: one dict per finished run (``variant``, ``method``, ``seed``, ``macro_f1``).
-        reference: the uncompressed method that compressed ones are compared with.
+        reference: the uncompressed method that compressed ones are compared with, or a mapping from each method
+            to its own reference (with remedies: ``qat@ldam`` -> ``fp32@ldam``; a method missing from it is not
+            compared).
         guard_points: see :func:`robustness`.
 
     Returns:
-        Rows with ``variant``, ``method``, ``n_seeds``, ``gap`` (mean, std) and, unless the method is the
+        Rows with ``variant``, ``method``, ``n_seeds``, ``gap`` (mean, std) and, unless the method is its
         reference or the reference is missing, the keys of :func:`robustness`.
     """
     gaps = seed_gaps(records)
     rows = []
     for (variant, method), by_seed in sorted(gaps.items()):
         row = {"variant": variant, "method": method, "n_seeds": len(by_seed), "gap": mean_std(list(by_seed.values()))}
-        reference_gaps = gaps.get((variant, reference))
-        if method != reference and reference_gaps:
+        own_reference = reference.get(method, method) if isinstance(reference, dict) else reference
+        reference_gaps = gaps.get((variant, own_reference))
+        if method != own_reference and reference_gaps:
             row.update(robustness(by_seed, reference_gaps, guard_points))
         rows.append(row)
     return rows
+
+
+def paired_difference(values: dict[int, float], baseline: dict[int, float]) -> float:
+    """Mean over the seeds both have of ``values - baseline`` (a NaN difference left out; NaN when none is left)."""
+    seeds = sorted(set(values) & set(baseline))
+    return mean_std([values[s] - baseline[s] for s in seeds])[0] if seeds else math.nan
+
+
+def smallest_class_f1(per_class_f1: list[float], train_counts: list[int]) -> float:
+    """F1 of the class with the fewest training images; the mean over the tied smallest classes (a step profile's
+    minority classes); NaN without counts or per-class F1."""
+    if not per_class_f1 or len(per_class_f1) != len(train_counts):
+        return math.nan
+    smallest = min(train_counts)
+    tied = [f1 for f1, count in zip(per_class_f1, train_counts) if count == smallest]
+    return sum(tied) / len(tied)

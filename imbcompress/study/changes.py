@@ -18,7 +18,7 @@ from imbcompress.study.plan import PLAN_FILE, Plan, Run
 from imbcompress.study.state import has_checkpoint, is_done, read_status
 
 REPLACED_DIR = "replaced"
-DEFINITION_FIELDS = ("configs", "config_sha256", "callbacks", "args", "deps")
+DEFINITION_FIELDS = ("kind", "configs", "config_sha256", "callbacks", "args", "deps")
 SHOWN_RUNS = 8
 
 
@@ -62,8 +62,13 @@ def _digest_diff(old: dict, new: dict) -> list[str]:
 
 
 def definition_diff(old: Run, new: Run) -> list[str]:
-    """Lines describing how ``new`` differs from ``old`` (empty when they are the same run)."""
-    lines = _list_diff("configs", old.configs, new.configs)
+    """Lines describing how ``new`` differs from ``old`` (empty when they are the same run).
+
+    A remedy is part of the run's definition like any other setting (its fragments, inline callbacks and sampler
+    arguments); a PTQ run's calibration settings and source checkpoint are its arguments.
+    """
+    lines = [f"command: was {old.kind!r}, now {new.kind!r}"] if old.kind != new.kind else []
+    lines += _list_diff("configs", old.configs, new.configs)
     lines += _digest_diff(old.config_sha256, new.config_sha256)
     lines += _list_diff("inline callbacks", old.callbacks, new.callbacks)
     lines += _list_diff("args", old.args, new.args)

@@ -3,8 +3,8 @@
 The throughput is read from a measurement file, never assumed. A run's work is its training images: epochs (from its
 parsed fit configuration) x the images of its training set (the imbalance profile's class counts, less the
 validation split, cut by ``limit_train_batches``). Evaluation passes are not counted, so the estimate is a lower
-bound. The study's wall time is a simulation of the scheduler: runs in plan order, each on the first slot that is
-free once its dependencies have finished.
+bound; a PTQ run trains nothing and counts 0. The study's wall time is a simulation of the scheduler: runs in plan
+order, each on the first slot that is free once its dependencies have finished.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from imbcompress.study.plan import Plan, Run
-from imbcompress.study.validate import parse_run, shape
+from imbcompress.study.validate import check_remedies, checked_config, shape
 
 THROUGHPUT_KEYS = ("images_per_s_per_run", "runs_per_gpu", "gpus", "device", "source")
 
@@ -105,19 +105,23 @@ def estimate(plan: Plan, throughput: Throughput, classes: int = 10, per_class: i
         classes: classes of the dataset (CIFAR-10: 10).
         per_class: training images per class of the balanced dataset (CIFAR-10: 5000).
     """
+    check_remedies(plan)
     configs: dict[tuple, Any] = {}
     with tempfile.TemporaryDirectory(prefix="imbcompress-estimate-") as scratch:
         for run in plan.runs:
-            if shape(run) not in configs:
-                config, error = parse_run(run, Path(scratch))
+            if run.kind == "fit" and shape(run) not in configs:
+                config, error = checked_config(run, Path(scratch))
                 if error is not None:
-                    raise ValueError(f"run {run.id}: its fit configuration does not parse: {error}")
+                    raise ValueError(f"run {run.id}: its fit configuration is invalid: {error}")
                 configs[shape(run)] = config
-    images = {run.id: run_images(run, configs[shape(run)], classes, per_class) for run in plan.runs}
+    images = {
+        run.id: run_images(run, configs[shape(run)], classes, per_class) if run.kind == "fit" else 0
+        for run in plan.runs
+    }
     seconds = {rid: count / throughput.images_per_s_per_run for rid, count in images.items()}
     methods: dict[str, dict[str, float]] = {}
     for run in plan.runs:
-        row = methods.setdefault(run.method, {"runs": 0, "images": 0, "run_hours": 0.0})
+        row = methods.setdefault(run.config, {"runs": 0, "images": 0, "run_hours": 0.0})
         row["runs"] += 1
         row["images"] += images[run.id]
         row["run_hours"] += seconds[run.id] / 3600
@@ -131,7 +135,8 @@ def estimate(plan: Plan, throughput: Throughput, classes: int = 10, per_class: i
 
 
 def describe_estimate(plan: Plan, result: dict[str, Any], throughput: Throughput, classes: int, per_class: int) -> str:
-    """The estimate as text: the inputs, one line per method, the totals."""
+    """The estimate as text: the inputs, one line per method (configuration, with remedies), the totals."""
+    width = max([20, *(len(name) for name in result["methods"])])
     lines = [
         f"study {plan.name}: {len(plan.runs)} runs; throughput {throughput.images_per_s_per_run:g} img/s per run with "
         f"{throughput.runs_per_gpu} run(s) per GPU on {throughput.gpus} GPU(s) ({result['slots']} slots)"
@@ -139,10 +144,10 @@ def describe_estimate(plan: Plan, result: dict[str, Any], throughput: Throughput
         + (f" [{throughput.source}]" if throughput.source else ""),
         f"dataset: {classes} classes x {per_class} training images per class before imbalance; training images "
         "only (evaluation not counted: a lower bound)",
-        f"{'method':<20} {'runs':>5} {'images (M)':>11} {'run-hours':>10}",
+        f"{'method':<{width}} {'runs':>5} {'images (M)':>11} {'run-hours':>10}",
     ]
     for name, row in result["methods"].items():
-        lines.append(f"{name:<20} {row['runs']:>5} {row['images'] / 1e6:>11.1f} {row['run_hours']:>10.1f}")
+        lines.append(f"{name:<{width}} {row['runs']:>5} {row['images'] / 1e6:>11.1f} {row['run_hours']:>10.1f}")
     hours = result["wall_hours"]
     lines.append(
         f"total {result['run_hours']:.1f} run-hours; estimated wall time {hours:.1f} h ({hours / 24:.1f} days)"

@@ -1,4 +1,4 @@
-"""Expand a study into runs: one directory, one command and its dependencies per (variant, method, seed)."""
+"""Expand a study into runs: one directory, one command and its dependencies per (variant, method, remedy, seed)."""
 
 from __future__ import annotations
 
@@ -10,15 +10,21 @@ from pathlib import Path
 import yaml
 
 from imbcompress.atomic import write_json_atomic
+from imbcompress.study.remedies import BASELINE, Remedy, config_key
 from imbcompress.study.spec import KD_CLASS_PATH, LAST_CKPT, Method, Study, Variant
 
 PLAN_FILE = "plan.json"
 GENERATED_FRAGMENT = "study_fragment.yaml"
+RUN_CONFIG = "config.yaml"  # what a fit writes into its run directory (the merged configuration)
 
 
 @dataclass
 class Run:
-    """One fit of the study: everything needed to launch, resume and report it (plain data, JSON-able)."""
+    """One run of the study: everything needed to launch, resume and report it (plain data, JSON-able).
+
+    ``kind`` is the ``imbcompress`` command it runs: ``fit``, or ``ptq`` (whose ``args`` name the checkpoint it
+    quantizes). ``method`` and ``remedy`` are names from the study file.
+    """
 
     id: str
     dir: str
@@ -30,19 +36,26 @@ class Run:
     config_sha256: dict[str, str] = field(default_factory=dict)
     callbacks: list[dict] = field(default_factory=list)
     args: list[str] = field(default_factory=list)
+    remedy: str = BASELINE
+    kind: str = "fit"
+
+    @property
+    def config(self) -> str:
+        """The configuration the run belongs to in the report (``method``, or ``method@remedy``)."""
+        return config_key(self.method, self.remedy)
 
     def command(self, command_prefix: list[str], resume: bool = False, fragment: str | None = None) -> list[str]:
-        """The full command line; with ``resume`` it continues from ``checkpoints/last.ckpt``.
+        """The full command line; with ``resume`` a fit continues from ``checkpoints/last.ckpt``.
 
         ``fragment`` replaces the generated fragment's path (``RUN/study_fragment.yaml``), e.g. for validation.
         """
-        cmd = [*command_prefix, "fit"]
+        cmd = [*command_prefix, self.kind]
         for config in self.configs:
             cmd += ["--config", config]
         if self.callbacks:
             cmd += ["--config", fragment or str(Path(self.dir) / GENERATED_FRAGMENT)]
         cmd += self.args
-        if resume:
+        if resume and self.kind == "fit":  # a PTQ run writes no checkpoint: it starts again
             cmd += ["--ckpt_path", str(Path(self.dir) / LAST_CKPT)]
         return cmd
 
@@ -63,16 +76,17 @@ class Plan:
     variants: list[dict]
     seeds: list[int]
     runs: list[Run]
+    remedies: dict[str, dict] = field(default_factory=lambda: {BASELINE: Remedy(BASELINE).record()})
 
     def by_id(self) -> dict[str, Run]:
         """Runs keyed by id."""
         return {run.id: run for run in self.runs}
 
 
-def run_id(variant: Variant | dict, method: str, seed: int) -> str:
-    """Stable id of a run, e.g. ``exponential-r100/qat_a3w3/seed0``."""
+def run_id(variant: Variant | dict, method: str, seed: int, remedy: str = BASELINE) -> str:
+    """Stable id of a run, e.g. ``exponential-r100/qat_a3w3/seed0`` or ``exponential-r100/qat_a3w3@ldam_drw/seed0``."""
     key = variant.key if isinstance(variant, Variant) else variant["key"]
-    return f"{key}/{method}/seed{seed}"
+    return f"{key}/{config_key(method, remedy)}/seed{seed}"
 
 
 def file_digests(paths: list[str]) -> dict[str, str]:
@@ -85,30 +99,54 @@ def _distill_callback(teacher_dir: Path, distill: dict) -> dict:
     return {"class_path": KD_CLASS_PATH, "init_args": init_args}
 
 
-def _make_run(study: Study, out_dir: Path, variant: Variant, method: Method, seed: int) -> Run:
-    def dep_dir(name: str) -> Path:
-        return out_dir / "runs" / run_id(variant, name, seed)
+def _ptq_args(method: Method, parent_dir: Path, run_dir: Path, seed: int) -> list[str]:
+    """``imbcompress ptq`` arguments: the parent run's config and checkpoint, every calibration setting explicit."""
+    assert method.ptq is not None
+    calibration_seed = method.ptq["calibration_seed"]
+    return [
+        "--config", str(parent_dir / RUN_CONFIG), "--ckpt_path", str(parent_dir / LAST_CKPT), "--run_dir", str(run_dir),
+        "--calibration", method.ptq["calibration"], "--calibration_size", str(method.ptq["calibration_size"]),
+        "--calibration_seed", str(seed if calibration_seed is None else calibration_seed),
+    ]  # fmt: skip
 
-    rid = run_id(variant, method.name, seed)
+
+def _fit_args(study: Study, method: Method, remedy: Remedy, variant: Variant, seed: int, run_dir: Path) -> list[str]:
+    args = [*study.args, *method.args, *remedy.cli_args(), *variant.cli_args()]
+    return args + ["--seed_everything", str(seed), "--data.init_args.subset_seed", str(seed), "--run_dir", str(run_dir)]
+
+
+def _make_run(study: Study, out_dir: Path, variant: Variant, method: Method, remedy: Remedy, seed: int) -> Run:
+    def dep_dir(name: str) -> Path:
+        return out_dir / "runs" / run_id(variant, name, seed, remedy.name)
+
+    rid = run_id(variant, method.name, seed, remedy.name)
     run_dir = out_dir / "runs" / rid
+    deps = [run_id(variant, dep, seed, remedy.name) for dep in method.dependencies()]
+    if method.ptq is not None:
+        assert method.init_from is not None
+        args = _ptq_args(method, dep_dir(method.init_from), run_dir, seed)
+        variant_data = asdict(variant)
+        return Run(rid, str(run_dir), variant_data, method.name, seed, deps, args=args, remedy=remedy.name, kind="ptq")
     callbacks = [dict(cb) for cb in method.callbacks]
     if method.teacher is not None:
         callbacks.append(_distill_callback(dep_dir(method.teacher), method.distill))
-    args = [*study.args, *method.args, *variant.cli_args()]
-    args += ["--seed_everything", str(seed), "--data.init_args.subset_seed", str(seed), "--run_dir", str(run_dir)]
+    callbacks += [dict(cb) for cb in remedy.callbacks]
+    args = _fit_args(study, method, remedy, variant, seed, run_dir)
     if method.init_from is not None:
         args += ["--model.init_args.init_from", str(dep_dir(method.init_from) / LAST_CKPT)]
+    configs = [*study.base, *method.fragments, *remedy.fragments]
     return Run(
         id=rid,
         dir=str(run_dir),
         variant=asdict(variant),
         method=method.name,
         seed=seed,
-        deps=[run_id(variant, dep, seed) for dep in method.dependencies()],
-        configs=[*study.base, *method.fragments],
-        config_sha256=file_digests([*study.base, *method.fragments]),
+        deps=deps,
+        configs=configs,
+        config_sha256=file_digests(configs),
         callbacks=callbacks,
         args=args,
+        remedy=remedy.name,
     )
 
 
@@ -133,19 +171,23 @@ def expand(study: Study, out_dir: str | Path) -> Plan:
 
     Args:
         study: the validated study.
-        out_dir: the study output directory; each run gets ``out_dir/runs/<variant>/<method>/seed<S>``.
+        out_dir: the study output directory; each run gets ``out_dir/runs/<id>`` (:func:`run_id`).
 
     Returns:
         The plan (dependencies always come before their dependants in ``plan.runs``).
     """
     out_dir = Path(out_dir).resolve()
     runs = [
-        _make_run(study, out_dir, variant, study.methods[name], seed)
+        _make_run(study, out_dir, variant, study.methods[name], remedy, seed)
         for name in method_order(study)
+        for remedy in study.remedies.values()
         for variant in study.variants
         for seed in study.seeds
     ]
-    methods = {name: {"bits": m.bits, "label": m.label or name} for name, m in study.methods.items()}
+    methods = {
+        name: {"bits": m.bits, "label": m.label or name, "kind": m.kind, "ptq": m.ptq}
+        for name, m in study.methods.items()
+    }
     return Plan(
         name=study.name,
         study_path=study.path,
@@ -155,6 +197,7 @@ def expand(study: Study, out_dir: str | Path) -> Plan:
         variants=[asdict(v) for v in study.variants],
         seeds=list(study.seeds),
         runs=runs,
+        remedies={name: remedy.record() for name, remedy in study.remedies.items()},
     )
 
 

@@ -12,9 +12,11 @@ from datetime import datetime
 from pathlib import Path
 
 from imbcompress.host import describe_host, host_text
-from imbcompress.study.aggregate import GUARD_POINTS, gap_summary
+from imbcompress.study.aggregate import GUARD_POINTS, gap_summary, smallest_class_f1
 from imbcompress.study.figures import gap_figure, heatmap_figure
 from imbcompress.study.plan import Plan
+from imbcompress.study.recovery import Axes, recovery_tables
+from imbcompress.study.remedies import BASELINE, config_key
 from imbcompress.study.state import INVOCATIONS_FILE, STATES, plan_states, read_metrics, read_status
 from imbcompress.study.tables import Table, gap_tables, metric_tables, robustness_tables, size_table
 
@@ -25,7 +27,11 @@ LONG_COLUMNS = [
 
 
 def load_records(plan: Plan) -> tuple[list[dict], list[str]]:
-    """One record per finished run (see :mod:`imbcompress.study.aggregate`) and the class names."""
+    """One record per finished run (see :mod:`imbcompress.study.aggregate`) and the class names.
+
+    ``method`` is the run's configuration (``method`` or ``method@remedy``); ``base_method`` and ``remedy`` are
+    the study file's names.
+    """
     records: list[dict] = []
     class_names: list[str] = []
     for run in plan.runs:
@@ -33,14 +39,18 @@ def load_records(plan: Plan) -> tuple[list[dict], list[str]]:
         if metrics is None:
             continue
         test = metrics["test"]
+        per_class_f1 = test.get("per_class", {}).get("f1", [])
         records.append(
             {
                 "variant": run.variant["key"],
-                "method": run.method,
+                "method": run.config,
+                "base_method": run.method,
+                "remedy": run.remedy,
                 "seed": run.seed,
                 "macro_f1": test["macro_f1"],
                 "accuracy": test.get("accuracy", math.nan),
-                "per_class_f1": test.get("per_class", {}).get("f1", []),
+                "per_class_f1": per_class_f1,
+                "tail_f1": smallest_class_f1(per_class_f1, metrics.get("train_class_counts") or []),
                 "model_size": metrics.get("model_size") or {},
                 "versions": metrics.get("versions") or {},
                 "precision": metrics.get("precision"),
@@ -59,6 +69,31 @@ def method_names(plan: Plan) -> list[str]:
 def method_labels(plan: Plan) -> dict[str, str]:
     """Display name of every method (its ``label`` in the study file, else its name)."""
     return {name: info.get("label") or name for name, info in plan.methods.items()}
+
+
+def remedy_labels(plan: Plan) -> dict[str, str]:
+    """Display name of every remedy (``ce`` first)."""
+    return {name: info.get("label") or name for name, info in plan.remedies.items()}
+
+
+def configurations(plan: Plan) -> list[str]:
+    """The report's configurations: every method under ``ce``, then every method under each remedy."""
+    return [config_key(method, remedy) for remedy in plan.remedies for method in method_names(plan)]
+
+
+def configuration_labels(plan: Plan) -> dict[str, str]:
+    """``Method`` under ``ce``, ``Method + Remedy`` under a remedy."""
+    methods, remedies = method_labels(plan), remedy_labels(plan)
+    return {
+        config_key(m, r): methods[m] if r == BASELINE else f"{methods[m]} + {remedies[r]}"
+        for r in plan.remedies
+        for m in plan.methods
+    }
+
+
+def reference_of(plan: Plan) -> dict[str, str]:
+    """Each configuration's uncompressed reference: the reference method with the same remedy."""
+    return {config_key(m, r): config_key(plan.reference, r) for r in plan.remedies for m in plan.methods}
 
 
 def _pct(value: float) -> str:
@@ -142,6 +177,16 @@ def _unfinished(states: dict[str, str]) -> list[str]:
     return [*lines, ""]
 
 
+def _remedy_line(plan: Plan) -> list[str]:
+    if len(plan.remedies) < 2:
+        return []
+    names = ", ".join(f"`{name}` ({label})" for name, label in remedy_labels(plan).items())
+    return [
+        f"- Remedies: {names}. Each applies to every method; a remedy's runs start from (and are compared with) "
+        f"`{plan.reference}` trained with the same remedy."
+    ]
+
+
 def _header(plan: Plan, records: list[dict]) -> list[str]:
     states = plan_states(plan)
     counts = Counter(states.values())
@@ -152,6 +197,7 @@ def _header(plan: Plan, records: list[dict]) -> list[str]:
         f"- Study file: `{plan.study_path}`; output directory `{plan.out_dir}`",
         f"- Runs: {len(plan.runs)} ({state_text}); {len(records)} with results; seeds {plan.seeds}",
         f"- Reference (uncompressed) configuration: `{plan.reference}`",
+        *_remedy_line(plan),
         f"- Machine of the runs (their metrics.json): {_machines(records)}; report written on: "
         f"{host_text(describe_host())}",
         f"- Software of the runs (their metrics.json): {_software(records)}",
@@ -170,7 +216,7 @@ def _header(plan: Plan, records: list[dict]) -> list[str]:
 
 
 def _figures(plan: Plan, records, summary, class_names, methods, out: Path) -> list[Path]:
-    labels = method_labels(plan)
+    labels = configuration_labels(plan)
     paths = [gap_figure(summary, plan.variants, methods, out / "gap_vs_rho.png", labels)]
     for variant in plan.variants:
         path = out / f"per_class_f1_{variant['key']}.png"
@@ -205,19 +251,27 @@ def _swap_into_place(new: Path, out: Path) -> None:
     shutil.rmtree(previous)
 
 
+def _tables(plan: Plan, records: list[dict], summary: list[dict]) -> list[Table]:
+    configs, labels = configurations(plan), configuration_labels(plan)
+    references = reference_of(plan)
+    bits = {config_key(m, r): info.get("bits") for m, info in plan.methods.items() for r in plan.remedies}
+    sizes = [{**record, "method": record["base_method"]} for record in records]  # a remedy does not change sizes
+    axes = Axes(method_names(plan), list(plan.remedies), plan.reference, method_labels(plan), remedy_labels(plan))
+    return [
+        *gap_tables(summary, plan.variants, configs, labels),
+        *robustness_tables(summary, plan.variants, configs, plan.reference, labels, set(references.values())),
+        *recovery_tables(records, summary, plan.variants, axes),
+        *metric_tables(records, plan.variants, configs, bits, "accuracy", labels),
+        *metric_tables(records, plan.variants, configs, bits, "macro_f1", labels),
+        size_table(sizes, method_names(plan), plan.reference, method_labels(plan)),
+    ]
+
+
 def _write_all(plan: Plan, out: Path, guard_points: float) -> Path:
     records, class_names = load_records(plan)
-    methods = method_names(plan)
-    summary = gap_summary(records, plan.reference, guard_points)
-    bits = {name: info.get("bits") for name, info in plan.methods.items()}
-    labels = method_labels(plan)
-    tables: list[Table] = [
-        *gap_tables(summary, plan.variants, methods, labels),
-        *robustness_tables(summary, plan.variants, methods, plan.reference, labels),
-        *metric_tables(records, plan.variants, methods, bits, "accuracy", labels),
-        *metric_tables(records, plan.variants, methods, bits, "macro_f1", labels),
-        size_table(records, methods, plan.reference, labels),
-    ]
+    methods = configurations(plan)
+    summary = gap_summary(records, reference_of(plan), guard_points)
+    tables = _tables(plan, records, summary)
     lines = _header(plan, records)
     for table in tables:
         csv_path = table.write_csv(out)

@@ -1,13 +1,13 @@
 """Study files: read and validate a study YAML into a :class:`Study` (expanding it into runs is ``plan.py``).
 
-A study is (balanced + imbalance variants) x methods x seeds. Everything is checked before any run starts:
-unknown or duplicate keys, bad values, missing fragment files, unknown dependency names and dependency cycles
-all raise a ``ValueError`` that names the key and the value.
+A study is (balanced + imbalance variants) x methods x remedies x seeds. Everything is checked before any run
+starts: unknown or duplicate keys, bad values, missing fragment files, unknown dependency names and dependency cycles
+all raise a ``ValueError`` that names the key and the value. A method is a fit, or (with ``ptq``) an int8
+post-training quantization of another method's checkpoint by ``imbcompress ptq``.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,13 +15,20 @@ from typing import Any
 import yaml
 
 from imbcompress.names import HEADS, PROFILES
+from imbcompress.study.fields import NAME_PATTERN, as_list, callback_list, check_keys, check_name, fragments, numbers
+from imbcompress.study.fields import field_error as _err
+from imbcompress.study.fields import str_list as _str_list
+from imbcompress.study.remedies import BASELINE, Remedy, parse_remedies
 from imbcompress.yamlio import DuplicateKeyError, load_yaml_file
 
-TOP_KEYS = ("name", "description", "base", "args", "imbalance", "methods", "reference", "seeds")
+TOP_KEYS = ("name", "description", "base", "args", "imbalance", "methods", "remedies", "reference", "seeds")
 VARIANT_KEYS = ("profile", "ratio", "minority_classes", "head")
-METHOD_KEYS = ("fragments", "callbacks", "init_from", "teacher", "distill", "args", "bits", "label")
+METHOD_KEYS = ("fragments", "callbacks", "init_from", "teacher", "distill", "args", "bits", "label", "ptq")
+PTQ_METHOD_KEYS = ("ptq", "init_from", "bits", "label")
+PTQ_KEYS = ("calibration", "calibration_size", "calibration_seed")
+PTQ_CALIBRATIONS = ("imbalanced", "balanced")  # imbcompress.deploy.ptq.CALIBRATIONS (that module imports torch)
+PTQ_DEFAULT_CALIBRATION_SIZE = 500  # imbcompress.deploy.command.DEFAULT_CALIBRATION_SIZE
 DISTILL_KEYS = ("alpha", "temperature")
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.+-]+$")
 KD_CLASS_PATH = "imbcompress.callbacks.KnowledgeDistillation"
 LAST_CKPT = "checkpoints/last.ckpt"
 
@@ -60,6 +67,12 @@ class Method:
     args: tuple[str, ...] = ()
     bits: int | None = None
     label: str | None = None
+    ptq: dict | None = None
+
+    @property
+    def kind(self) -> str:
+        """``fit``, or ``ptq`` for a post-training quantization of ``init_from``'s checkpoint."""
+        return "fit" if self.ptq is None else "ptq"
 
     def dependencies(self) -> list[str]:
         """Names of the methods whose checkpoints this one needs."""
@@ -79,70 +92,12 @@ class Study:
     reference: str
     seeds: tuple[int, ...]
     description: str = ""
+    remedies: dict[str, Remedy] = field(default_factory=lambda: {BASELINE: Remedy(BASELINE)})
 
 
 def fmt_num(value: float) -> str:
     """A ratio as written in run ids, command lines and tables: ``100`` not ``100.0``."""
     return str(int(value)) if float(value).is_integer() else str(value)
-
-
-def _err(path: str, key: str, message: str) -> ValueError:
-    return ValueError(f"study file {path}: {key}: {message}")
-
-
-def _check_keys(path: str, where: str, data: Any, allowed: tuple[str, ...]) -> dict:
-    if not isinstance(data, dict):
-        raise _err(path, where, f"expected a mapping, got {data!r}")
-    unknown = [key for key in data if key not in allowed]
-    if unknown:
-        raise _err(path, where, f"unknown key {unknown[0]!r} (allowed: {', '.join(allowed)})")
-    return data
-
-
-def _as_list(value: Any) -> list:
-    return list(value) if isinstance(value, list | tuple) else [value]
-
-
-def _str_list(path: str, key: str, value: Any) -> tuple[str, ...]:
-    items = _as_list(value if value is not None else [])
-    if not all(isinstance(item, str) for item in items):
-        raise _err(path, key, f"expected a list of strings, got {value!r}")
-    return tuple(items)
-
-
-def resolve_fragment(fragment: str, study_dir: Path, check_files: bool = True) -> str:
-    """Absolute path of a fragment: as given if absolute, else under the study's directory, else under the cwd."""
-    candidate = Path(fragment)
-    if candidate.is_absolute():
-        found = candidate if candidate.exists() else None
-    else:
-        found = next((p for p in (study_dir / candidate, Path.cwd() / candidate) if p.exists()), None)
-    if found is not None:
-        return str(found.resolve())
-    if check_files:
-        raise FileNotFoundError(fragment)
-    return str((Path.cwd() / candidate).resolve())
-
-
-def _fragments(path: str, key: str, value: Any, study_dir: Path, check_files: bool) -> tuple[str, ...]:
-    resolved = []
-    for fragment in _str_list(path, key, value):
-        try:
-            resolved.append(resolve_fragment(fragment, study_dir, check_files))
-        except FileNotFoundError:
-            where = f"{study_dir} or {Path.cwd()}"
-            raise _err(path, key, f"fragment file {fragment!r} not found (looked under {where})") from None
-    return tuple(resolved)
-
-
-def _numbers(path: str, key: str, value: Any, minimum: float, integer: bool) -> list:
-    items = _as_list(value)
-    kind = int if integer else int | float
-    for item in items:
-        if isinstance(item, bool) or not isinstance(item, kind) or item < minimum:
-            what = "integers" if integer else "numbers"
-            raise _err(path, key, f"invalid value {item!r} (allowed: {what} >= {minimum})")
-    return items
 
 
 def _variant_key(profile: str, ratio: float, minority: int | None, head: str) -> str:
@@ -154,7 +109,7 @@ def _variant_key(profile: str, ratio: float, minority: int | None, head: str) ->
 
 def _parse_variant(path: str, index: int, data: Any) -> list[Variant]:
     where = f"imbalance[{index}]"
-    data = _check_keys(path, where, data, VARIANT_KEYS)
+    data = check_keys(path, where, data, VARIANT_KEYS)
     profile = data.get("profile")
     if profile not in PROFILES:
         raise _err(path, f"{where}.profile", f"invalid value {profile!r} (allowed: {', '.join(PROFILES)})")
@@ -165,11 +120,11 @@ def _parse_variant(path: str, index: int, data: Any) -> list[Variant]:
         return [Variant(_variant_key(profile, 1.0, None, head), profile, head=head)]
     if "ratio" not in data:
         raise _err(path, f"{where}.ratio", f"required for profile {profile!r}")
-    ratios = _numbers(path, f"{where}.ratio", data["ratio"], 1, integer=False)
+    ratios = numbers(path, f"{where}.ratio", data["ratio"], 1, integer=False)
     if profile == "step":
         if "minority_classes" not in data:
             raise _err(path, f"{where}.minority_classes", "required for profile 'step'")
-        minorities: list = _numbers(path, f"{where}.minority_classes", data["minority_classes"], 1, integer=True)
+        minorities: list = numbers(path, f"{where}.minority_classes", data["minority_classes"], 1, integer=True)
     elif "minority_classes" in data:
         raise _err(path, f"{where}.minority_classes", f"only allowed for profile 'step', not {profile!r}")
     else:
@@ -183,7 +138,7 @@ def _parse_variant(path: str, index: int, data: Any) -> list[Variant]:
 
 def _parse_variants(path: str, data: Any) -> tuple[Variant, ...]:
     variants = [Variant("balanced", "balanced")]
-    for index, entry in enumerate(_as_list(data if data is not None else [])):
+    for index, entry in enumerate(as_list(data if data is not None else [])):
         variants.extend(_parse_variant(path, index, entry))
     unique = {variant.key: variant for variant in variants}
     return tuple(unique.values())
@@ -194,29 +149,45 @@ def _parse_distill(path: str, where: str, data: Any, teacher: Any) -> dict:
         return {}
     if teacher is None:
         raise _err(path, f"{where}.distill", "only allowed together with 'teacher'")
-    data = _check_keys(path, f"{where}.distill", data, DISTILL_KEYS)
+    data = check_keys(path, f"{where}.distill", data, DISTILL_KEYS)
     for key, value in data.items():
-        _numbers(path, f"{where}.distill.{key}", value, 0, integer=False)
+        numbers(path, f"{where}.distill.{key}", value, 0, integer=False)
     return dict(data)
 
 
+def _parse_ptq(path: str, where: str, data: dict) -> dict:
+    """The settings of a PTQ method (``ptq: {calibration, calibration_size, calibration_seed}``), defaults filled in."""
+    extra = [key for key in data if key not in PTQ_METHOD_KEYS]
+    if extra:
+        raise _err(path, f"{where}.{extra[0]}", f"not allowed for a PTQ method (allowed: {', '.join(PTQ_METHOD_KEYS)})")
+    if data.get("init_from") is None:
+        raise _err(path, f"{where}.init_from", "required for a PTQ method: the method whose checkpoint it quantizes")
+    settings = check_keys(path, f"{where}.ptq", data["ptq"] if data["ptq"] is not None else {}, PTQ_KEYS)
+    calibration = settings.get("calibration", PTQ_CALIBRATIONS[0])
+    if calibration not in PTQ_CALIBRATIONS:
+        allowed = ", ".join(PTQ_CALIBRATIONS)
+        raise _err(path, f"{where}.ptq.calibration", f"invalid value {calibration!r} (allowed: {allowed})")
+    size = settings.get("calibration_size", PTQ_DEFAULT_CALIBRATION_SIZE)
+    numbers(path, f"{where}.ptq.calibration_size", size, 1, integer=True)
+    seed = settings.get("calibration_seed")
+    if seed is not None:
+        numbers(path, f"{where}.ptq.calibration_seed", seed, 0, integer=True)
+    return {"calibration": calibration, "calibration_size": size, "calibration_seed": seed}
+
+
 def _parse_method(path: str, name: Any, data: Any, study_dir: Path, check_files: bool) -> Method:
-    where = f"methods.{name}"
-    if not isinstance(name, str) or not NAME_PATTERN.match(name):
-        raise _err(path, "methods", f"invalid method name {name!r} (allowed: letters, digits, _ . + -)")
-    data = _check_keys(path, where, data if data is not None else {}, METHOD_KEYS)
-    callbacks = _as_list(data.get("callbacks") or [])
-    if not all(isinstance(cb, dict) and "class_path" in cb for cb in callbacks):
-        raise _err(
-            path, f"{where}.callbacks", f"expected a list of {{class_path, init_args}} mappings, got {callbacks}"
-        )
+    where = f"methods.{check_name(path, 'methods', name, 'method')}"
+    data = check_keys(path, where, data if data is not None else {}, METHOD_KEYS)
     bits = data.get("bits")
     if bits is not None:
-        _numbers(path, f"{where}.bits", bits, 1, integer=True)
+        numbers(path, f"{where}.bits", bits, 1, integer=True)
+    if "ptq" in data:
+        ptq = _parse_ptq(path, where, data)
+        return Method(name=name, init_from=data["init_from"], bits=bits, label=data.get("label"), ptq=ptq)
     return Method(
         name=name,
-        fragments=_fragments(path, f"{where}.fragments", data.get("fragments"), study_dir, check_files),
-        callbacks=tuple(callbacks),
+        fragments=fragments(path, f"{where}.fragments", data.get("fragments"), study_dir, check_files),
+        callbacks=callback_list(path, f"{where}.callbacks", data.get("callbacks")),
         init_from=data.get("init_from"),
         teacher=data.get("teacher"),
         distill=_parse_distill(path, where, data.get("distill"), data.get("teacher")),
@@ -233,6 +204,13 @@ def _check_dependencies(path: str, methods: dict[str, Method]) -> None:
             if dep is not None and dep not in methods:
                 allowed = ", ".join(methods)
                 raise _err(path, f"methods.{method.name}.{key}", f"unknown method {dep!r} (allowed: {allowed})")
+            if dep is not None and methods[dep].ptq is not None:
+                allowed = ", ".join(name for name, m in methods.items() if m.ptq is None)
+                raise _err(
+                    path,
+                    f"methods.{method.name}.{key}",
+                    f"{dep!r} is a PTQ method, which writes no checkpoint to start from (allowed: {allowed})",
+                )
     state: dict[str, int] = {}
 
     def visit(name: str, trail: list[str]) -> None:
@@ -251,7 +229,7 @@ def _check_dependencies(path: str, methods: dict[str, Method]) -> None:
 
 
 def _parse_seeds(path: str, data: Any) -> tuple[int, ...]:
-    seeds = _numbers(path, "seeds", data if data is not None else [0], 0, integer=True)
+    seeds = numbers(path, "seeds", data if data is not None else [0], 0, integer=True)
     if not seeds or len(set(seeds)) != len(seeds):
         raise _err(path, "seeds", f"expected a non-empty list of distinct integers, got {data!r}")
     return tuple(seeds)
@@ -268,7 +246,7 @@ def parse_study(data: Any, path: str = "<study>", check_files: bool = True) -> S
     Returns:
         The validated study.
     """
-    data = _check_keys(path, "top level", data, TOP_KEYS)
+    data = check_keys(path, "top level", data, TOP_KEYS)
     name = data.get("name")
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
         raise _err(path, "name", f"invalid value {name!r} (allowed: a non-empty name of letters, digits, _ . + -)")
@@ -284,13 +262,14 @@ def parse_study(data: Any, path: str = "<study>", check_files: bool = True) -> S
     return Study(
         name=name,
         path=str(Path(path).resolve()) if path != "<study>" else path,
-        base=_fragments(path, "base", data.get("base"), study_dir, check_files),
+        base=fragments(path, "base", data.get("base"), study_dir, check_files),
         args=_str_list(path, "args", data.get("args")),
         variants=_parse_variants(path, data.get("imbalance")),
         methods=methods,
         reference=reference,
         seeds=_parse_seeds(path, data.get("seeds")),
         description=str(data.get("description", "")),
+        remedies=parse_remedies(path, data.get("remedies"), study_dir, check_files),
     )
 
 

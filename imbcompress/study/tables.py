@@ -123,18 +123,28 @@ def _robustness_cell(row: dict | None) -> str:
 
 
 def robustness_tables(
-    summary: list[dict], variants: list[dict], methods: list[str], reference: str, labels: dict[str, str] | None = None
+    summary: list[dict],
+    variants: list[dict],
+    methods: list[str],
+    reference: str,
+    labels: dict[str, str] | None = None,
+    references: set[str] | None = None,
 ) -> list[Table]:
-    """R = mean Δ_c / mean Δ_u and, in brackets, Δ_c − Δ_u in points, for every compressed configuration."""
+    """R = mean Δ_c / mean Δ_u and, in brackets, Δ_c − Δ_u in points, for every compressed configuration.
+
+    ``references`` are the configurations that are some configuration's reference (default: ``reference``); with
+    remedies each remedy's uncompressed configuration is the reference of that remedy's compressed ones.
+    """
     by_cell = {(row["variant"], row["method"]): row for row in summary}
-    compressed = [m for m in methods if m != reference]
+    compressed = [m for m in methods if m not in (references or {reference})]
+    same_remedy = " with the same remedy" if references and len(references) > 1 else ""
     tables = []
     for (profile, head), group in variant_groups(variants).items():
         cell = lambda v, m: _robustness_cell(by_cell.get((v, m)))  # noqa: E731
         header, rows, minorities = _layout(group, compressed, cell, labels or {})
         note = (
-            f"R = mean Δ_c / mean Δ_u against `{reference}` (R > 1: loses more under imbalance, less robust); "
-            "in brackets Δ_c − Δ_u in points; R is – where |Δ_u| < 0.5 points. "
+            f"R = mean Δ_c / mean Δ_u against `{reference}`{same_remedy} (R > 1: loses more under imbalance, less "
+            "robust); in brackets Δ_c − Δ_u in points; R is – where |Δ_u| < 0.5 points. "
         )
         title = f"Robustness ratio, {_group_title(profile, head)}"
         tables.append(Table(f"robustness_{profile}_{head}", title, header, rows, note + _minority_note(minorities)))

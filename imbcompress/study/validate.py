@@ -2,7 +2,10 @@
 
 Parsing goes through the same LightningCLI parser as ``imbcompress fit`` (config files, ``class_path`` imports,
 argument types), without instantiating anything: no data is read and no checkpoint is needed, so a run whose
-dependencies have not trained yet can still be checked. Imports torch and Lightning, so only ``study run`` uses it.
+dependencies have not trained yet can still be checked. The study's remedies are checked too, entry by entry and
+in every parsed configuration (``remedy_check.py``). PTQ runs are not fits: their settings are checked by the study
+file (``spec.py``) and by ``imbcompress ptq`` itself before it writes anything. Imports torch and Lightning, so only
+``study run`` uses it.
 """
 
 from __future__ import annotations
@@ -76,28 +79,48 @@ def parse_run(run: Run, scratch: Path) -> tuple[Any, str | None]:
     return parse_fit_args(run.command([], fragment=str(fragment) if fragment else None)[1:])  # drop "fit"
 
 
+def checked_config(run: Run, scratch: Path) -> tuple[Any, str | None]:
+    """One run's parsed configuration and its problem: the parse error, or what its remedies would refuse at
+    ``setup`` (``remedy_check.config_problem``), or None."""
+    from imbcompress.study.remedy_check import config_problem
+
+    config, error = parse_run(run, scratch)
+    return config, error if error is not None else config_problem(config)
+
+
 def run_problem(run: Run, scratch: Path) -> str | None:
-    """The parse error of one run's configuration, or None."""
-    return parse_run(run, scratch)[1]
+    """The problem of one run's configuration (:func:`checked_config`), or None."""
+    return checked_config(run, scratch)[1]
 
 
 def shape(run: Run) -> tuple:
     """Runs of the same shape differ only in values the study file validates itself (ratio, minority count,
     seed) and in paths (their directory, their dependencies'), so they parse alike: one of each is parsed."""
     variant = run.variant
-    return (run.method, variant["profile"], variant["head"], variant["minority_classes"] is None)
+    return (run.method, run.remedy, variant["profile"], variant["head"], variant["minority_classes"] is None)
+
+
+def check_remedies(plan: Plan) -> None:
+    """Raise a ``ValueError`` listing every invalid remedy entry of the plan (``remedy_check.remedy_problems``)."""
+    from imbcompress.study.remedy_check import remedy_problems
+
+    problems = remedy_problems(plan.remedies)
+    if problems:
+        raise ValueError("some remedies of the study are invalid (nothing was started):\n  " + "\n  ".join(problems))
 
 
 def validate_runs(plan: Plan) -> int:
-    """Parse the configuration of each shape of unfinished run (:func:`shape`); returns how many were parsed.
+    """Check the remedy entries, then parse the configuration of each shape of unfinished fit (:func:`shape`);
+    returns how many were parsed.
 
     Raises:
         ValueError: listing each problem with the runs it affects (nothing has been started or written).
     """
+    check_remedies(plan)
     problems: dict[str, list[str]] = {}
     representatives: dict[tuple, Run] = {}
     for run in plan.runs:
-        if not is_done(run.dir):
+        if run.kind == "fit" and not is_done(run.dir):
             representatives.setdefault(shape(run), run)
     with tempfile.TemporaryDirectory(prefix="imbcompress-validate-") as scratch:
         for key, run in representatives.items():
@@ -112,6 +135,6 @@ def validate_runs(plan: Plan) -> int:
         more = len(lines) - SHOWN_PROBLEMS
         shown = lines[:SHOWN_PROBLEMS] + ([f"... and {more} more problem(s)"] if more > 0 else [])
         raise ValueError(
-            "the fit configuration of some runs does not parse (nothing was started):\n  " + "\n  ".join(shown)
+            "the fit configuration of some runs is invalid (nothing was started):\n  " + "\n  ".join(shown)
         )
     return len(representatives)

@@ -1,11 +1,12 @@
-"""A stand-in for ``imbcompress fit`` used by the study tests.
+"""A stand-in for ``imbcompress fit`` (and ``imbcompress ptq``) used by the study tests.
 
 It locks the run directory, checks what a real fit would need (config files and dependency checkpoints
-exist), records its call, writes ``checkpoints/last.ckpt`` (a zip archive, as torch.save) and then an atomic
-``metrics.json``. Environment switches (substrings of the run directory): ``FAKE_FIT_FAIL`` exits 3,
-``FAKE_FIT_DIE`` SIGKILLs itself after the checkpoint, ``FAKE_FIT_HANG`` sleeps after the checkpoint (until
-killed) unless resuming. ``FAKE_FIT_SECONDS`` makes every fit last that long; with ``FAKE_SMI_DIR`` each fit
-writes a line for the fake ``nvidia-smi`` of the packing test.
+exist), records its call, writes ``config.yaml``, ``checkpoints/last.ckpt`` (a zip archive, as torch.save) and then
+an atomic ``metrics.json``. As ``ptq`` it checks that the source run's config and checkpoint exist, records its call
+and writes ``metrics.json`` (F1 0.02 below the fit's). Environment switches (substrings of the run directory):
+``FAKE_FIT_FAIL`` exits 3, ``FAKE_FIT_DIE`` SIGKILLs itself after the checkpoint, ``FAKE_FIT_HANG`` sleeps after
+the checkpoint (until killed) unless resuming. ``FAKE_FIT_SECONDS`` makes every fit last that long; with
+``FAKE_SMI_DIR`` each fit writes a line for the fake ``nvidia-smi`` of the packing test.
 """
 
 import json
@@ -20,7 +21,14 @@ from imbcompress.locks import LockHeld, hold_run_dir_lock
 
 
 def option(argv: list[str], name: str) -> str | None:
-    return argv[argv.index(name) + 1] if name in argv else None
+    """The value of ``name VALUE`` or ``name=VALUE`` (the last one given), or None."""
+    value = None
+    for index, arg in enumerate(argv):
+        if arg == name and index + 1 < len(argv):
+            value = argv[index + 1]
+        elif arg.startswith(name + "="):
+            value = arg[len(name) + 1 :]
+    return value
 
 
 def matches(variable: str, run_dir: str) -> bool:
@@ -44,9 +52,9 @@ def check_inputs(argv: list[str]) -> str | None:
     return None
 
 
-def fake_metrics(argv: list[str]) -> dict:
+def fake_metrics(argv: list[str], shift: float = 0.0) -> dict:
     ratio = float(option(argv, "--data.init_args.imbalance_ratio") or 1)
-    f1 = 0.9 - 0.05 * (ratio > 1) - 0.001 * ratio
+    f1 = 0.9 - 0.05 * (ratio > 1) - 0.001 * ratio + shift
     return {
         "schema_version": 1,
         "test": {"macro_f1": f1, "accuracy": f1 + 0.01, "per_class": {"f1": [f1] * 10}},
@@ -56,7 +64,33 @@ def fake_metrics(argv: list[str]) -> dict:
     }
 
 
+def write_metrics(run_dir: Path, metrics: dict) -> None:
+    tmp = run_dir / ".metrics.json.tmp"
+    tmp.write_text(json.dumps(metrics))
+    os.replace(tmp, run_dir / "metrics.json")
+
+
+def fake_ptq(argv: list[str]) -> int:
+    run_dir = Path(option(argv, "--run_dir"))
+    with open(os.environ["FAKE_FIT_LOG"], "a") as log:
+        log.write(json.dumps({"run_dir": str(run_dir), "resume": None, "argv": argv}) + "\n")
+    source = {name: option(argv, name) for name in ("--config", "--ckpt_path")}
+    missing = [f"{name} {path}" for name, path in source.items() if not path or not Path(path).is_file()]
+    if missing or matches("FAKE_FIT_FAIL", str(run_dir)):
+        print(f"fake ptq: missing {', '.join(missing)}" if missing else "boom: simulated failure", file=sys.stderr)
+        return 4 if missing else 3
+    fit_argv = json.loads(Path(source["--config"]).read_text())["argv"]  # what the fake fit wrote
+    metrics = fake_metrics(fit_argv, shift=-0.02)
+    metrics["compression"] = [{"method": "ptq_int8", "calibration": option(argv, "--calibration")}]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_metrics(run_dir, metrics)
+    print("fake ptq: done")
+    return 0
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["ptq"]:
+        return fake_ptq(argv)
     run_dir = Path(option(argv, "--run_dir"))
     resume = option(argv, "--ckpt_path")
     try:
@@ -75,6 +109,7 @@ def main(argv: list[str]) -> int:
         print("boom: simulated failure", file=sys.stderr)
         return 3
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(json.dumps({"argv": argv}))  # JSON is YAML; the fake ptq reads it
     with zipfile.ZipFile(run_dir / "checkpoints" / "last.ckpt", "w") as ckpt:  # torch.save writes a zip archive
         ckpt.writestr("archive/data.pkl", "half-trained")
     if matches("FAKE_FIT_DIE", str(run_dir)):
@@ -86,9 +121,7 @@ def main(argv: list[str]) -> int:
     if matches("FAKE_FIT_HANG", str(run_dir)) and not resume:
         (run_dir / "hanging").write_text("yes")
         time.sleep(120)
-    tmp = run_dir / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(fake_metrics(argv)))
-    os.replace(tmp, run_dir / "metrics.json")
+    write_metrics(run_dir, fake_metrics(argv))
     print("fake fit: done")
     return 0
 

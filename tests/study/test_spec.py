@@ -104,7 +104,7 @@ def test_bad_study_is_rejected_before_anything_runs(tmp_path, fake_env, fake_pre
 
 @pytest.mark.parametrize(
     ("name", "variants", "methods", "seeds"),
-    [("c24_resnet20", 21, 8, 3), ("climbq_cifar10lt", 4, 7, 1), ("cpu_mini", 3, 4, 2)],
+    [("c24_resnet20", 21, 8, 3), ("climbq_cifar10lt", 4, 7, 1), ("cpu_mini", 3, 4, 2), ("remedies_cpu", 2, 3, 2)],
 )
 def test_committed_study_files_parse(name, variants, methods, seeds):
     path = REPO / "configs" / "studies" / f"{name}.yaml"
@@ -114,7 +114,7 @@ def test_committed_study_files_parse(name, variants, methods, seeds):
     assert parse_study(raw, str(path), check_files=False).reference == raw["reference"]
 
 
-@pytest.mark.parametrize("name", ["c24_resnet20", "climbq_cifar10lt", "cpu_mini"])
+@pytest.mark.parametrize("name", ["c24_resnet20", "climbq_cifar10lt", "cpu_mini", "remedies_cpu"])
 def test_committed_study_fragments_exist(name):
     load_study(REPO / "configs" / "studies" / f"{name}.yaml")  # raises when a named fragment is missing
 
