@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cli_helpers import host_precision
 from fakedata import make_fake_cifar
 
 from imbcompress.study.cli import main
@@ -116,6 +117,7 @@ def test_ptq_study_end_to_end_on_generated_data(tmp_path, capsys):
             "--trainer.limit_train_batches=2",
             "--trainer.enable_progress_bar=false",
             "--data.init_args.batch_size=16",
+            *host_precision([]),  # fp32 where bf16 would be emulated (cli_helpers.EMULATED_BF16)
         ],
         "imbalance": [{"profile": "exponential", "ratio": 2}],
         "methods": {"fp32": {}, "ptq_int8": {"ptq": {"calibration_size": 16}, "init_from": "fp32"}},

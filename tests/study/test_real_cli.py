@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cli_helpers import host_precision
 from fakedata import make_fake_cifar
 
 from imbcompress.study.cli import main
@@ -31,6 +32,7 @@ def test_study_through_the_real_cli(tmp_path, capsys):
             "--trainer.limit_train_batches=2",  # "1" would parse as 1.0: every batch
             "--trainer.enable_progress_bar=false",
             "--data.init_args.batch_size=16",
+            *host_precision([]),  # fp32 where bf16 would be emulated (cli_helpers.EMULATED_BF16)
         ],
         "methods": {"fp32": {}, "student": {"callbacks": [qat], "init_from": "fp32", "teacher": "fp32"}},
         "seeds": [0],
