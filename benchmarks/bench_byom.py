@@ -14,12 +14,9 @@ unpruned model in the same mode.
 from __future__ import annotations
 
 import argparse
-import copy
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
+from timing import images_per_second, inference_runner
 from torch import nn
 
 from imbcompress.compress.pruning import PRESETS
@@ -43,32 +40,6 @@ def _pruned(arch: str, num_classes: int, image_size: int, level: str) -> nn.Modu
     if level != "unpruned":
         apply_transform(model, plan_graph_record(model, input_size=(3, image_size, image_size), **_target(level)))
     return model.eval()
-
-
-def _runner(model: nn.Module, mode: str, batch_size: int, image_size: int) -> Callable[[], object]:
-    channels_last = mode != "fp32"
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = copy.deepcopy(model).to(memory_format=fmt)
-    inputs = torch.randn(batch_size, 3, image_size, image_size).contiguous(memory_format=fmt)
-
-    def run() -> object:
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "bf16+CL"):
-            return model(inputs)
-
-    return run
-
-
-def _images_per_second(runs: dict[str, Callable[[], object]], batch_size: int, repeats: int) -> dict[str, float]:
-    """Median throughput of each run; the runs are interleaved so a change of machine load hits them all."""
-    for run in runs.values():
-        run()  # warm-up: allocator, oneDNN primitive creation
-    seconds: dict[str, list[float]] = {level: [] for level in runs}
-    for _ in range(repeats):
-        for level, run in runs.items():
-            start = time.perf_counter()
-            run()
-            seconds[level].append(time.perf_counter() - start)
-    return {level: batch_size / statistics.median(values) for level, values in seconds.items()}
 
 
 def _arguments() -> argparse.Namespace:
@@ -96,9 +67,9 @@ def main() -> None:
     print(f"# {args.arch}, {args.num_classes} classes, {args.image_size}x{args.image_size} images, batch "
           f"{args.batch_size}, median of {args.repeats} interleaved repeats; CL = channels-last\n")  # fmt: skip
     models = {level: _pruned(args.arch, args.num_classes, args.image_size, level) for level in levels}
-    runs = {mode: {level: _runner(m, mode, args.batch_size, args.image_size) for level, m in models.items()}
+    runs = {mode: {level: inference_runner(m, mode, args.batch_size, args.image_size) for level, m in models.items()}
             for mode in MODES}  # fmt: skip
-    speed = {mode: _images_per_second(runs[mode], args.batch_size, args.repeats) for mode in MODES}
+    speed = {mode: images_per_second(runs[mode], args.batch_size, args.repeats) for mode in MODES}
     header = " | ".join(f"{mode} img/s | vs unpruned" for mode in MODES)
     print(f"| level | NNZ | sparsity | weight MiB | {header} |")
     print("|---|---:|---:|---:|" + "---:|---:|" * len(MODES))

@@ -11,12 +11,9 @@ unpruned model in the same mode.
 from __future__ import annotations
 
 import argparse
-import copy
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
+from timing import images_per_second, inference_runner
 from torch import nn
 
 from imbcompress.compress.pruning import plan_kept_filters, prune_filters
@@ -37,32 +34,6 @@ def _pruned(name: str, shortcut: str, level: str) -> nn.Module:
     return model.eval()
 
 
-def _runner(model: nn.Module, mode: str, batch_size: int) -> Callable[[], object]:
-    channels_last = mode != "fp32"
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = copy.deepcopy(model).to(memory_format=fmt)
-    inputs = torch.randn(batch_size, 3, 32, 32).contiguous(memory_format=fmt)
-
-    def run() -> object:
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "bf16+CL"):
-            return model(inputs)
-
-    return run
-
-
-def _images_per_second(runs: dict[str, Callable[[], object]], batch_size: int, repeats: int) -> dict[str, float]:
-    """Median throughput of each run; the runs are interleaved so a change of machine load hits them all."""
-    for run in runs.values():
-        run()  # warm-up: allocator, oneDNN primitive creation
-    seconds: dict[str, list[float]] = {level: [] for level in runs}
-    for _ in range(repeats):
-        for level, run in runs.items():
-            start = time.perf_counter()
-            run()
-            seconds[level].append(time.perf_counter() - start)
-    return {level: batch_size / statistics.median(values) for level, values in seconds.items()}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -79,8 +50,8 @@ def main() -> None:
     for name, shortcut in MODELS:
         models = {level: _pruned(name, shortcut, level) for level in LEVELS}
         speed = {
-            mode: _images_per_second(
-                {level: _runner(model, mode, args.batch_size) for level, model in models.items()},
+            mode: images_per_second(
+                {level: inference_runner(model, mode, args.batch_size) for level, model in models.items()},
                 args.batch_size,
                 args.repeats,
             )

@@ -59,8 +59,9 @@ def main() -> None:
             out = torch.from_numpy(session.run(None, {"images": images.numpy()})[0])
             differ = out.argmax(1) != logits.argmax(1)
             shown = ", ".join(f"{m:.1e}" for m in sorted(margins[differ].tolist())[:6]) or "-"
+            agreement = 1 - float(differ.float().mean())
             print(
-                f"| {weight_bits} | {activation_bits} | {name} | {accuracy:.3f} | {1 - float(differ.float().mean()):.4f}"
+                f"| {weight_bits} | {activation_bits} | {name} | {accuracy:.3f} | {agreement:.4f}"
                 f" | {float((out - logits).abs().max()):.4f} | {shown} |"
             )
 

@@ -1,14 +1,15 @@
-"""Shared command line and timing loop for the training-step benchmarks (imported by the scripts beside it)."""
+"""Shared command line and timing loops for the benchmarks (imported by the scripts beside them)."""
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from imbcompress.host import cpu_model
 
@@ -59,3 +60,30 @@ def parse_step_args(description: str, default_modes: str) -> argparse.Namespace:
     print(f"# {cpu_model()}, {args.threads} threads, {args.clock} clock, torch {torch.__version__}")
     print(f"# ResNet-20, batch {args.batch_size}, median of {args.repeats} rounds x {args.steps} steps")
     return args
+
+
+def inference_runner(model: nn.Module, mode: str, batch_size: int, image_size: int = 32) -> Callable[[], object]:
+    """One inference pass of a copy of ``model`` on a fixed random batch: ``fp32`` or ``bf16+CL`` (autocast +
+    channels-last; any mode but ``fp32`` is channels-last)."""
+    fmt = torch.contiguous_format if mode == "fp32" else torch.channels_last
+    model = copy.deepcopy(model).to(memory_format=fmt)
+    inputs = torch.randn(batch_size, 3, image_size, image_size).contiguous(memory_format=fmt)
+
+    def run() -> object:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "bf16+CL"):
+            return model(inputs)
+
+    return run
+
+
+def images_per_second(runs: dict[str, Callable[[], object]], batch_size: int, repeats: int) -> dict[str, float]:
+    """Median throughput of each run; the runs are interleaved so a change of machine load hits them all."""
+    for run in runs.values():
+        run()  # warm-up: allocator, oneDNN primitive creation
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            seconds[name].append(time.perf_counter() - start)
+    return {name: batch_size / statistics.median(values) for name, values in seconds.items()}

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback, Trainer
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from imbcompress.callbacks.run_report import RunReport
@@ -51,3 +52,17 @@ class Interrupt(Callback):
     def on_train_batch_end(self, trainer: Trainer, *args: object) -> None:
         if trainer.global_step == self.at_step:
             raise RuntimeError("simulated interruption")
+
+
+def randomize_batchnorm(model: nn.Module) -> nn.Module:
+    """Give every BatchNorm2d random affine parameters and running statistics (seeded), so a test that compares two
+    models' outputs sees the BatchNorms; returns the model in eval mode."""
+    generator = torch.Generator().manual_seed(1)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            n = module.num_features
+            module.weight.data = torch.rand(n, generator=generator) + 0.5
+            module.bias.data = torch.randn(n, generator=generator)
+            module.running_mean = torch.randn(n, generator=generator)
+            module.running_var = torch.rand(n, generator=generator) + 0.5
+    return model.eval()

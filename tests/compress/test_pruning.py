@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from tiny import randomize_batchnorm
 from torch import nn
 from torch.nn.utils import prune
 
@@ -20,17 +21,6 @@ from imbcompress.compress.pruning import (
 from imbcompress.compress.size import model_size
 from imbcompress.compress.transforms import apply_transform
 from imbcompress.models import CifarResNet, build_model
-
-
-def _randomize_batchnorm(model: nn.Module) -> None:
-    generator = torch.Generator().manual_seed(1)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            n = module.num_features
-            module.weight.data = torch.rand(n, generator=generator) + 0.5
-            module.bias.data = torch.randn(n, generator=generator)
-            module.running_mean = torch.randn(n, generator=generator)
-            module.running_var = torch.rand(n, generator=generator) + 0.5
 
 
 def _zeroing_hook(removed: list[int]):
@@ -73,8 +63,7 @@ def test_ties_keep_the_lower_index():
 def test_thinned_resnet_equals_dense_with_channels_zeroed_after_bn(shortcut):
     torch.manual_seed(0)
     dense = CifarResNet(2, shortcut=shortcut)
-    _randomize_batchnorm(dense)
-    dense.eval()
+    randomize_batchnorm(dense)
     thin = copy.deepcopy(dense)
     chosen = prune_filters(thin, {"layer1.1": 5, "layer2.0": 1, "layer3.1": 40})
     for name, kept in chosen.items():
@@ -89,8 +78,7 @@ def test_thinned_resnet_equals_dense_with_channels_zeroed_after_bn(shortcut):
 def test_mobilenetv2_thinning_matches_zeroed_channels():
     torch.manual_seed(0)
     dense = build_model("mobilenetv2", 10)
-    _randomize_batchnorm(dense)
-    dense.eval()
+    randomize_batchnorm(dense)
     thin = copy.deepcopy(dense)
     kept = plan_kept_filters(thin, target_sparsity=0.5)
     chosen = prune_filters(thin, kept)
@@ -165,7 +153,7 @@ def test_layer_and_stage_fractions():
 def test_record_round_trip_through_a_checkpoint(tmp_path):
     torch.manual_seed(0)
     model = build_model("resnet20", 10, "B")
-    _randomize_batchnorm(model)
+    randomize_batchnorm(model)
     record = pruning_record(plan_kept_filters(model, preset="moderate"), {"preset": "moderate"})
     apply_transform(model, record)
     path = tmp_path / "pruned.ckpt"

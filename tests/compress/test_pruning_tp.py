@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from tiny import randomize_batchnorm
 from torch import nn
 
 from imbcompress.compress.pruning import (
@@ -24,18 +25,6 @@ from imbcompress.compress.transforms import apply_transform
 from imbcompress.models import build_model
 
 
-def _randomize_batchnorm(model: nn.Module) -> nn.Module:
-    generator = torch.Generator().manual_seed(1)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            n = module.num_features
-            module.weight.data = torch.rand(n, generator=generator) + 0.5
-            module.bias.data = torch.randn(n, generator=generator)
-            module.running_mean = torch.randn(n, generator=generator)
-            module.running_var = torch.rand(n, generator=generator) + 0.5
-    return model.eval()
-
-
 def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
     return {key: tuple(value.shape) for key, value in model.state_dict().items()}
 
@@ -43,7 +32,7 @@ def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
 @pytest.mark.parametrize(("name", "shortcut"), [("resnet20", "A"), ("resnet20", "B"), ("mobilenetv2", None)])
 def test_engines_give_the_same_model_for_the_same_plan(name, shortcut):
     torch.manual_seed(0)
-    dense = _randomize_batchnorm(build_model(name, 10, shortcut))
+    dense = randomize_batchnorm(build_model(name, 10, shortcut))
     layers = prunable_layers(dense)
     units = {unit.name: unit for unit in graph_units(dense)}
     for layer in layers:  # the graph finds the built-in layers, with the same cost per filter
@@ -93,7 +82,7 @@ def test_planner_counts_the_removed_weights_exactly(arch, stem):
 
 def test_graph_record_is_plain_data_and_replays_on_a_dense_model(tmp_path):
     torch.manual_seed(0)
-    model = _randomize_batchnorm(build_model("timm:mobilenetv3_small_050", 4))
+    model = randomize_batchnorm(build_model("timm:mobilenetv3_small_050", 4))
     record = plan_graph_record(model, input_size=(3, 40, 40), target_sparsity=0.4) | {"settings": {"x": 1}}
     assert record["engine"] == "torch_pruning" and record["input_size"] == [3, 40, 40]
     apply_transform(model, record)
