@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import CONFIGS, QUIET, fake_data_args, fit, run_ddp_fit
+from cli_helpers import CONFIGS, QUIET, fake_data_args, fit, host_precision, run_ddp_fit
 from fakedata import make_fake_cifar
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -141,7 +141,8 @@ def test_compress_fragments_stack_through_the_cli(data_root: Path, teacher: Path
     # checkpoint is (its structural records, and the fit-only distillation saved with the run report's state).
     plain = [arg for arg in args if not any(key in arg for key in ("compress/", "teacher_checkpoint", "init_from"))]
     ckpt = tmp_path / "run/checkpoints/last.ckpt"
-    run_cli(["test", *plain, f"--ckpt_path={ckpt}", f"--run_dir={tmp_path / 'again'}", *QUIET])
+    again_args = [*plain, *host_precision(args), f"--ckpt_path={ckpt}", f"--run_dir={tmp_path / 'again'}", *QUIET]
+    run_cli(["test", *again_args])  # the fit's precision (see cli_helpers.EMULATED_BF16)
     again = json.loads((tmp_path / "again/metrics.json").read_text())
     assert again["test"] == metrics["test"] and again["model_size"] == metrics["model_size"]
     assert again["compression"] == metrics["compression"]

@@ -90,7 +90,10 @@ def test_bad_hyperparameters(kwargs: dict, match: str) -> None:
 
 
 def test_unknown_model_name() -> None:
-    with pytest.raises(ValueError, match="model name 'resnet7' is unknown; allowed: resnet20"):
+    with pytest.raises(
+        ValueError,
+        match=r"model.arch='resnet7' is unknown; close matches: resnet56.*allowed: resnet20",
+    ):
         ImbalanceClassifier(arch="resnet7", num_classes=3)  # type: ignore[arg-type]
 
 

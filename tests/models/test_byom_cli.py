@@ -94,7 +94,7 @@ def test_checkpoint_reloads_with_identical_metrics(runs: dict[str, Any], run: st
 
     model = ImbalanceClassifier.load_from_checkpoint(ckpt, weights_only=True)
     datamodule = ImbalancedDataModule("image_folder", str(runs["root"]), image_size=IMAGE_SIZE, batch_size=8)
-    trainer = Trainer(accelerator="cpu", precision="bf16-mixed", logger=False, enable_progress_bar=False,
+    trainer = Trainer(accelerator="cpu", precision=runs[run]["precision"], logger=False, enable_progress_bar=False,
                       enable_model_summary=False, enable_checkpointing=False)  # fmt: skip
     trainer.test(model, datamodule=datamodule, verbose=False)
     assert model.last_test_results is not None
