@@ -186,7 +186,7 @@ def test_bf16_reaches_the_fp32_accuracy_band(tmp_path: Path) -> None:
     bf16 = fit(common, tmp_path / "bf16", keep_precision=True)["test"]["accuracy"]
     fp32 = fit([*common, f"--config={CONFIGS / 'trainer/fp32.yaml'}"], tmp_path / "fp32")["test"]["accuracy"]
     assert fp32 > 0.8, "the generated task should be learnable in a few steps"
-    assert abs(bf16 - fp32) <= 0.1
+    assert abs(bf16 - fp32) <= 0.1, (bf16, fp32)
 
 
 @pytest.mark.parametrize(
