@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from imbcompress.compress.pruning import prune_filters, pruning_record
 from imbcompress.deploy.onnx_export import export_onnx
 from imbcompress.deploy.ptq import ImageCalibrationReader, quantize_int8, session
-from imbcompress.host import cpu_model
+from imbcompress.host import cpu_has_native_bf16, cpu_model
 from imbcompress.models import build_model
 
 MODELS = {
@@ -57,7 +57,9 @@ def onnx_files(model: nn.Module, folder: Path, calibration_images: int) -> dict[
     return {"onnx_fp32": fp32, "onnx_int8": quantize_int8(fp32, folder / "int8.onnx", reader)}
 
 
-def runners(model: nn.Module, files: dict[str, Path], threads: int) -> dict[str, Callable[[Tensor, Tensor], None]]:
+def runners(
+    model: nn.Module, files: dict[str, Path], threads: int, variants: list[str]
+) -> dict[str, Callable[[Tensor, Tensor], None]]:
     channels_last = copy.deepcopy(model).to(memory_format=torch.channels_last)
     sessions = {variant: session(path, threads) for variant, path in files.items()}
 
@@ -75,7 +77,8 @@ def runners(model: nn.Module, files: dict[str, Path], threads: int) -> dict[str,
 
         return run
 
-    return {"eager_fp32": eager, "bf16_cl": bf16, "onnx_fp32": onnx("onnx_fp32"), "onnx_int8": onnx("onnx_int8")}
+    every = {"eager_fp32": eager, "bf16_cl": bf16, "onnx_fp32": onnx("onnx_fp32"), "onnx_int8": onnx("onnx_int8")}
+    return {variant: every[variant] for variant in variants}
 
 
 def measure(key: str, args: argparse.Namespace, folder: Path) -> list[str]:
@@ -85,12 +88,12 @@ def measure(key: str, args: argparse.Namespace, folder: Path) -> list[str]:
     rows = []
     for threads in args.threads:
         torch.set_num_threads(threads)
-        run = runners(model, files, threads)
+        run = runners(model, files, threads, args.variants)
         big = torch.randn(args.batch_size, 3, 32, 32)
         one = torch.randn(1, 3, 32, 32)
         throughput = median_step_seconds(run, big, big, args.repeats, args.steps)
         latency = median_step_seconds(run, one, one, args.repeats, args.steps * 10)
-        for variant in VARIANTS:
+        for variant in args.variants:
             size = f"{sizes[variant] / 2**20:8.3f}" if variant in sizes else f"{'-':>8}"
             rows.append(
                 f"{key:<16} {variant:<11} {threads:>3} {args.batch_size / throughput[variant]:>10.0f} "
@@ -107,17 +110,31 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (the median is reported)")
     parser.add_argument("--steps", type=int, default=3, help="batches per timed round (x10 at batch 1)")
     parser.add_argument("--calibration-images", type=int, default=256)
+    parser.add_argument(
+        "--variants",
+        default=None,
+        help=f"comma list of {list(VARIANTS)}; default: all, without bf16_cl on a CPU without native bf16 (emulated "
+        "there: a MobileNet-V2 batch takes minutes)",
+    )
     parser.add_argument("--quick", action="store_true", help="ResNet-20, 1 thread, batch 16, 1 repeat: a smoke run")
     args = parser.parse_args()
     if args.quick:
         args.models, args.threads, args.batch_size, args.repeats, args.steps = "resnet20", "1", 16, 1, 1
         args.calibration_images = 16
     args.threads = [int(t) for t in args.threads.split(",")]
+    emulated = cpu_has_native_bf16() is False
+    default = [v for v in VARIANTS if not (emulated and v == "bf16_cl")]
+    args.variants = args.variants.split(",") if args.variants else default
+    bad = [variant for variant in args.variants if variant not in VARIANTS]
+    if bad:
+        parser.error(f"--variants: unknown {bad}; choose from {list(VARIANTS)}")
     keys = args.models.split(",")
     unknown = [key for key in keys if key not in MODELS]
     if unknown:
         parser.error(f"--models: unknown {unknown}; choose from {list(MODELS)}")
     print(f"# {cpu_model()}, torch {torch.__version__}, median of {args.repeats} rounds")
+    if emulated and "bf16_cl" not in args.variants:
+        print("# bf16_cl left out: this CPU has no native bf16 (PyTorch would emulate it); --variants adds it back")
     print(f"# throughput at batch {args.batch_size} (images/s), latency at batch 1 (ms), ONNX file size (MiB)")
     print(f"{'model':<16} {'variant':<11} {'thr':>3} {'img/s':>10} {'lat ms':>10} {'MiB':>8}")
     with tempfile.TemporaryDirectory() as folder:
