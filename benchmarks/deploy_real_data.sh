@@ -6,7 +6,8 @@
 #
 #   bash benchmarks/deploy_real_data.sh [FP32_RUN] [OUT_DIR] [QAT_EPOCHS] [CALIBRATION_SIZE]
 #
-# FP32_RUN defaults to /work/runs/ce/seed0 (a finished `imbcompress fit --config configs/experiments/quickstart.yaml`
+# --ckpt_path=null: a resumed FP32 fit's config.yaml records the checkpoint it resumed from, which the DoReFa fit
+# must not resume. FP32_RUN defaults to /work/runs/ce/seed0 (a finished `imbcompress fit --config configs/experiments/quickstart.yaml`
 # run: config.yaml, checkpoints/last.ckpt, metrics.json). Needs the JPEG copy unpacked to /tmp/data/cifar_jpg.
 set -euo pipefail
 fp32=${1:-/work/runs/ce/seed0}
@@ -23,7 +24,7 @@ common=(--config "$fp32/config.yaml" --calibration_size "$size")
 [ -f "$out/dorefa_a8w8/metrics.json" ] || imbcompress fit --config "$fp32/config.yaml" \
   --config configs/compress/dorefa_a8w4.yaml --trainer.callbacks.init_args.weight_bits=8 \
   --model.init_args.init_from="$ckpt" --model.init_args.lr=0.01 --model.init_args.warmup_epochs=0 \
-  --trainer.max_epochs="$qat_epochs" --trainer.enable_progress_bar=false --run_dir "$out/dorefa_a8w8"
+  --trainer.max_epochs="$qat_epochs" --trainer.enable_progress_bar=false --ckpt_path=null --run_dir "$out/dorefa_a8w8"
 [ -f "$out/dorefa_a8w8_int8/metrics.json" ] || imbcompress ptq --config "$out/dorefa_a8w8/config.yaml" \
   --ckpt_path "$out/dorefa_a8w8/checkpoints/last.ckpt" --run_dir "$out/dorefa_a8w8_int8"
 
