@@ -6,30 +6,29 @@ import os
 import platform
 
 
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux, else what :mod:`platform` knows)."""
+def _cpuinfo_lines() -> list[str]:
+    """The lines of ``/proc/cpuinfo`` (empty where there is none: not Linux)."""
     try:
         with open("/proc/cpuinfo") as handle:
-            names = [line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")]
+            return handle.readlines()
     except OSError:
-        names = []
+        return []
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else what :mod:`platform` knows)."""
+    names = [line.split(":", 1)[1].strip() for line in _cpuinfo_lines() if line.startswith("model name")]
     return names[0] if names else platform.processor() or platform.machine()
 
 
 def cpu_has_native_bf16() -> bool | None:
     """Whether the CPU computes bf16 natively (x86 AVX-512 BF16 or AMX, Arm BF16); None when it cannot be told.
 
-    Without it PyTorch emulates bf16: autocast is then slower than fp32 (ResNet-20 training 2.4x slower on an AVX2
-    EPYC here, a MobileNet-V2 forward over 100x slower).
+    Without it PyTorch emulates bf16 and autocast is slower than fp32 (docs/performance.md has the measurements).
     """
-    try:
-        with open("/proc/cpuinfo") as handle:
-            flags = {flag for line in handle if line.startswith(("flags", "Features")) for flag in line.split()}
-    except OSError:
-        return None
-    if not flags:
-        return None
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    lines = _cpuinfo_lines()
+    flags = {flag for line in lines if line.startswith(("flags", "Features")) for flag in line.split()}
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"}) if flags else None
 
 
 def describe_host(gpu: str | None = None) -> dict[str, object]:

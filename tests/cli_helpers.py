@@ -19,9 +19,10 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 # On a CPU without native bf16, PyTorch emulates it: the committed bf16 fragments then run several times slower than
-# fp32 (a MobileNet-V2 test batch took 109 s instead of 1 s on an AVX2 EPYC). The CLI tests run those fits in fp32
-# there, unless a test names a precision itself or is about bf16 (keep_precision=True); the bf16 arithmetic keeps
-# its own tests (test_bf16_reaches_the_fp32_accuracy_band and the autocast unit tests).
+# fp32 (the one-batch MobileNet-V2 fragment test: 274 s in bf16, 2.7 s in fp32 on an AVX2 EPYC; docs/performance.md).
+# The CLI tests run those fits in fp32 there, unless a test names a precision itself or is about bf16
+# (keep_precision=True); the bf16 arithmetic keeps its own tests (test_bf16_reaches_the_fp32_accuracy_band and the
+# autocast unit tests).
 EMULATED_BF16 = cpu_has_native_bf16() is False
 
 
