@@ -247,7 +247,7 @@ def ptq_main(words: list[str]) -> int:
     logits = ptq.onnx_logits(ptq.session(run_dir / INT8_FILE), images.cpu(), normalize)
     with torch.no_grad():
         source = torch.cat([model(normalize(images[i : i + 500].cpu())) for i in range(0, len(images), 500)])
-    record["agreement_with_source"] = float((logits.argmax(1) == source.argmax(1)).double().mean())
+    record.update(ptq.agreement(logits, source))
     record["source_compression"] = [r.get("kind") for r in task.transforms]
     results = ptq.evaluate_logits(logits, labels.cpu(), datamodule.num_classes)
     metrics = _metrics_document(args, config, task, datamodule, record, results)

@@ -131,6 +131,25 @@ def onnx_logits(run: ort.InferenceSession, images: Tensor, normalize: Normalize,
     return torch.cat(outputs)
 
 
+def agreement(logits: Tensor, source: Tensor) -> dict[str, float | int | None]:
+    """How far the int8 predictions follow the source model's, and how close to a tie the ones that differ were.
+
+    ``source_margin_at_disagreement`` is the largest top-2 logit margin of the *source* model over the images
+    whose argmax differs (None when none does); ``share_within_that_margin`` is the fraction of all images with a
+    source margin at most that large, i.e. how rare images that close to a tie are.
+    """
+    differ = logits.argmax(1) != source.argmax(1)
+    top2 = source.float().topk(2, dim=1).values
+    margins = top2[:, 0] - top2[:, 1]
+    worst = float(margins[differ].max()) if bool(differ.any()) else None
+    return {
+        "agreement_with_source": float((~differ).double().mean()),
+        "disagreements": int(differ.sum()),
+        "source_margin_at_disagreement": worst,
+        "share_within_that_margin": None if worst is None else float((margins <= worst).double().mean()),
+    }
+
+
 def evaluate_logits(logits: Tensor, labels: Tensor, num_classes: int) -> dict:
     """The SPEC §3 metrics of these logits (the ``test`` block of metrics.json), loss included."""
     confusion = torch.bincount(labels * num_classes + logits.argmax(1), minlength=num_classes**2)

@@ -11,7 +11,7 @@ import torch
 from cli_helpers import CONFIGS, fake_data_args, fit, make_learnable_cifar
 
 from imbcompress.__main__ import main
-from imbcompress.deploy.ptq import calibration_indices
+from imbcompress.deploy.ptq import agreement, calibration_indices
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +61,7 @@ def test_ptq_run_writes_metrics_within_one_point_of_fp32(fp32_run: tuple[Path, d
     )
     assert metrics["train_class_counts"] == fp32["train_class_counts"] and metrics["seed"] == fp32["seed"]
     assert set(metrics["versions"]) >= {"onnxruntime", "torch"} and metrics["host"]["cpu"]
+    assert round(600 * (1 - record["agreement_with_source"])) == record["disagreements"]
 
 
 def test_balanced_calibration_and_an_existing_metrics_file(
@@ -125,3 +126,15 @@ def test_calibration_draws() -> None:
         calibration_indices(labels, 18, "balanced", 0)
     with pytest.raises(ValueError, match="calibration_size must be an integer in 1..100"):
         calibration_indices(labels, 101, "imbalanced", 0)
+
+
+def test_agreement_reports_how_close_to_a_tie_the_disagreements_were() -> None:
+    source = torch.tensor([[2.0, 0.0, 0.0], [1.0, 0.9, 0.0], [0.0, 3.0, 2.5], [0.0, 0.0, 5.0]])
+    int8 = torch.tensor([[2.0, 0.0, 0.0], [0.9, 1.0, 0.0], [0.0, 2.4, 2.5], [0.0, 0.0, 5.0]])  # images 1 and 2 flip
+    record = agreement(int8, source)
+    assert record["agreement_with_source"] == 0.5 and record["disagreements"] == 2
+    assert record["source_margin_at_disagreement"] == pytest.approx(0.5)  # image 2: 3.0 - 2.5; image 1: 0.1
+    assert record["share_within_that_margin"] == 0.5  # margins 2.0, 0.1, 0.5, 5.0: two are <= 0.5
+    same = agreement(source, source)
+    assert same["disagreements"] == 0 and same["source_margin_at_disagreement"] is None
+    assert same["share_within_that_margin"] is None
