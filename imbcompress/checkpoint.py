@@ -124,7 +124,7 @@ def load_state_checked(module: nn.Module, state: dict[str, Tensor], path: str, s
         ]
         raise SettingsError(
             f"{setting}={path!r}: its keys/shapes do not match architecture {arch}: {'; '.join(parts)}. Give a "
-            f"checkpoint of a {arch} with the same settings (shortcut, number of classes)"
+            f"checkpoint of a {arch} with the same settings (shortcut, number of classes, classifier: linear or cosine)"
         )
     module.load_state_dict(state)
 

@@ -108,7 +108,12 @@ def build_metrics(
         "schema_version": SCHEMA_VERSION,
         "dataset": data.get("dataset"),
         "imbalance": data.get("imbalance"),
-        "model": {"name": hparams.get("arch"), "shortcut": hparams.get("shortcut"), "num_classes": task.num_classes},
+        "model": {
+            "name": hparams.get("arch"),
+            "shortcut": hparams.get("shortcut"),
+            "classifier": hparams.get("classifier", "linear"),
+            "num_classes": task.num_classes,
+        },
         "compression": sections.get("compression", []),
         "remedies": sections.get("remedies", []),
         "class_names": task.class_names,

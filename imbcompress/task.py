@@ -16,6 +16,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from imbcompress.compress.transforms import TRANSFORMS_KEY, TransformLog
 from imbcompress.metrics import summarize_confusion
+from imbcompress.models.heads import ClassifierKind, set_classifier
 from imbcompress.models.registry import ArchName, build_model
 from imbcompress.schedule import lr_factor, lr_lambda, plan_steps
 
@@ -112,6 +113,8 @@ class ImbalanceClassifier(LightningModule):
         weights: A state-dict file of the bare architecture (e.g. ImageNet weights of a timm model, saved with
             ``torch.save(model.state_dict())``) to start from instead of the random initialisation; a classifier with
             another number of classes stays random. Not stored in the hyperparameters either.
+        classifier: "linear" (the model's own ``nn.Linear``) or "cosine": cosine-similarity logits in [-1, 1], no bias
+            (LDAM-DRW's normalised classifier; ``configs/remedies/ldam_drw.yaml`` sets it).
     """
 
     def __init__(
@@ -131,11 +134,13 @@ class ImbalanceClassifier(LightningModule):
         channels_last: bool = True,
         init_from: str | None = None,
         weights: str | None = None,
+        classifier: ClassifierKind = "linear",
     ) -> None:
         super().__init__()
         _validate_hparams(lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs, gamma=gamma)
         self.save_hyperparameters(ignore=["init_from", "weights"])
         self.model: Any = build_model(arch, num_classes, shortcut, weights)  # has forward_features / forward_head
+        set_classifier(self.model, classifier)
         self.channels_last = channels_last
         self.num_classes = num_classes
         self.transforms = TransformLog()

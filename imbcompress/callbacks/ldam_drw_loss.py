@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from imbcompress.callbacks.loss_remedy import LossRemedy, check_fraction_of_one, check_positive
+from imbcompress.models.heads import CosineLinear
 from imbcompress.remedies.losses import LDAMCriterion, class_balanced_weights, ldam_margins
 
 if TYPE_CHECKING:
@@ -32,8 +33,9 @@ class LDAMDRWLoss(LossRemedy):
 
     Args:
         max_margin: The largest margin (of the smallest class), > 0.
-        scale: Logit scale s > 0. Cao et al.'s s = 30 goes with a cosine (normalised) classifier; the models here
-            have a plain linear classifier, whose logits s multiplies as they are (see docs/remedies.md).
+        scale: Logit scale s > 0. Cao et al.'s s = 30 goes with a cosine (normalised) classifier,
+            ``model.init_args.classifier: cosine`` (set by configs/remedies/ldam_drw.yaml); on a plain linear
+            classifier s multiplies unnormalised logits, and the fit warns.
         drw_epoch: First re-weighted epoch (0-based, 0..max_epochs-1; 0 re-weights from the start).
         drw_fraction: First re-weighted epoch as a fraction of ``trainer.max_epochs``, in [0, 1) (the epoch is
             ``int(drw_fraction * max_epochs)``). Give at most one of ``drw_epoch`` and ``drw_fraction``; with neither,
@@ -69,6 +71,7 @@ class LDAMDRWLoss(LossRemedy):
         self.drw_fraction = drw_fraction
         self.drw_beta = drw_beta
         self.drw_start_epoch: int | None = None
+        self.classifier: str | None = None  # the model's classifier kind, found at setup
         self._announced = False
 
     def settings(self) -> dict[str, Any]:
@@ -81,7 +84,7 @@ class LDAMDRWLoss(LossRemedy):
         }
 
     def resolved(self) -> dict[str, Any]:
-        return {"drw_start_epoch": self.drw_start_epoch}
+        return {"drw_start_epoch": self.drw_start_epoch, "classifier": self.classifier}
 
     def load_resolved(self, resolved: dict[str, Any]) -> None:
         if resolved.get("drw_start_epoch") is not None:
@@ -107,6 +110,14 @@ class LDAMDRWLoss(LossRemedy):
     def build_criterion(self, trainer: Trainer, class_counts: list[int]) -> Callable[[LossContext], Tensor]:
         max_epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs > 0 else None
         self.drw_start_epoch = self.start_epoch(max_epochs)
+        head = getattr(getattr(trainer.lightning_module, "model", None), "classifier", None)
+        self.classifier = "cosine" if isinstance(head, CosineLinear) else "linear"
+        if self.classifier == "linear" and self.scale > 1:
+            rank_zero_warn(
+                f"LDAMDRWLoss.scale={self.scale} multiplies the unnormalised logits of a plain linear classifier; "
+                "Cao et al.'s s = 30 and margins are for cosine logits: set model.init_args.classifier=cosine "
+                "(configs/remedies/ldam_drw.yaml does)"
+            )
         return LDAMCriterion(
             ldam_margins(class_counts, self.max_margin),
             self.scale,

@@ -12,6 +12,7 @@ from typing_extensions import override
 
 from imbcompress.callbacks.base import task_of, train_class_counts
 from imbcompress.callbacks.loss_remedy import check_non_negative
+from imbcompress.models.heads import CosineLinear
 from imbcompress.remedies.losses import log_priors
 from imbcompress.remedies.posthoc import logit_adjusted_bias, tau_normalized_weight
 
@@ -98,7 +99,16 @@ class PostHocAdjustment(Callback):
                 f"PostHocAdjustment needs the model's classifier to be an nn.Linear, got {type(classifier).__name__}"
             )
         if self.method == "logit_adjustment" and classifier.bias is None:
-            raise ValueError("PostHocAdjustment(method='logit_adjustment') needs a classifier with a bias")
+            raise ValueError(
+                f"PostHocAdjustment(method='logit_adjustment') needs a classifier with a bias; this model's "
+                f"{type(classifier).__name__} has none (model.init_args.classifier=cosine, e.g. from ldam_drw.yaml)"
+            )
+        if self.method == "tau_norm" and isinstance(classifier, CosineLinear):
+            raise ValueError(
+                "PostHocAdjustment(method='tau_norm') on a cosine classifier (model.init_args.classifier=cosine) would "
+                "do nothing: it normalises its weight rows in every forward pass. Use method='logit_adjustment' on a "
+                "linear classifier instead"
+            )
         if self.method == "tau_norm" and hasattr(classifier, "weight_quantizer"):
             raise ValueError(
                 f"PostHocAdjustment(method='tau_norm') cannot normalise a quantized classifier "

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from imbcompress.compress.transforms import check_not_quantized, register_transform
+from imbcompress.models.heads import CosineLinear
 from imbcompress.models.trace import Call, trace
 from imbcompress.names import FULL_PRECISION_BITS as FULL_PRECISION
 from imbcompress.names import check_bits as _check_bits
@@ -332,6 +333,12 @@ def apply_dorefa(model: nn.Module, record: dict[str, Any]) -> None:
     check_bits("activation_bits", activation_bits)
     layers = {name: _checked(model, name, _LAYER_TYPES, "nn.Conv2d or nn.Linear") for name in record["layers"]}
     activations = {name: _checked(model, name, (nn.ReLU, nn.ReLU6), "a ReLU") for name in record["activations"]}
+    for name, layer in layers.items():
+        if isinstance(layer, CosineLinear) and weight_bits != FULL_PRECISION:
+            raise ValueError(
+                f"dorefa: {name!r} is a cosine classifier (model.init_args.classifier=cosine); DoReFa's linear layer "
+                "would drop its normalisation. Keep it in full precision (list it in exclude, as the default does)"
+            )
     for name, layer in layers.items():
         if weight_bits != FULL_PRECISION:
             layer = _quantized_copy(layer, weight_bits)

@@ -4,7 +4,7 @@ The file is a ``torch.save`` dict of tensors and plain values (it loads with ``w
 
     {
       "format": "imbcompress.dorefa", "version": 1,
-      "architecture": {"name": "resnet20", "num_classes": 10, "shortcut": "A"},
+      "architecture": {"name": "resnet20", "num_classes": 10, "shortcut": "A", "classifier": "linear"},
       "transforms": [...],                      # structural records to replay first (e.g. filter pruning)
       "activations": {"layer1.0.relu1": 8},     # module name -> activation bits of each quantized ReLU
       "quantized": {"layer1.0.conv1.weight": {"bits": 4, "codes": uint8 tensor, "scale": fp32, "offset": fp32}},
@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from imbcompress.compress import dorefa
 from imbcompress.compress.transforms import apply_transform
+from imbcompress.models.heads import set_classifier
 from imbcompress.models.registry import build_model
 
 FORMAT = "imbcompress.dorefa"
@@ -43,7 +44,8 @@ def export_payload(model: nn.Module, architecture: dict[str, Any], transforms: l
 
     Args:
         model: The (possibly pruned) DoReFa-quantized model.
-        architecture: ``build_model`` arguments: ``name``, ``num_classes`` and ``shortcut``.
+        architecture: ``build_model`` arguments (``name``, ``num_classes``, ``shortcut``) and ``classifier``
+            (:func:`imbcompress.models.heads.set_classifier`).
         transforms: The structural records applied to ``model`` in order (the task's ``transforms``).
     """
     _check_exportable(model)
@@ -90,6 +92,7 @@ def export_task(task: Any, path: str | Path) -> None:
         "name": hparams.get("arch", hparams.get("model")),  # "model" in checkpoints before the rename
         "num_classes": hparams["num_classes"],
         "shortcut": hparams.get("shortcut"),
+        "classifier": hparams.get("classifier", "linear"),
     }
     export_quantized(task.model, path, architecture, task.transforms)
 
@@ -102,7 +105,10 @@ def model_from_payload(payload: dict[str, Any]) -> nn.Module:
     """Rebuild a plain float model (``nn.Conv2d`` with the dequantized weights) from an export dict."""
     if payload.get("format") != FORMAT or payload.get("version") != VERSION:
         raise ValueError(f"not an {FORMAT!r} v{VERSION} export: format={payload.get('format')!r}")
-    model = build_model(**payload["architecture"])
+    architecture = dict(payload["architecture"])
+    classifier = architecture.pop("classifier", "linear")  # absent in exports written before the cosine classifier
+    model = build_model(**architecture)
+    set_classifier(model, classifier)
     for record in payload["transforms"]:
         apply_transform(model, record)
     for name, bits in payload["activations"].items():

@@ -274,7 +274,12 @@ def _metrics_document(
         "schema_version": SCHEMA_VERSION,
         "dataset": data["dataset"],
         "imbalance": data["imbalance"],
-        "model": {"name": hp["arch"], "shortcut": hp.get("shortcut"), "num_classes": hp["num_classes"]},
+        "model": {
+            "name": hp["arch"],
+            "shortcut": hp.get("shortcut"),
+            "classifier": hp.get("classifier", "linear"),
+            "num_classes": hp["num_classes"],
+        },
         "compression": [record],
         "class_names": data["class_names"],
         "train_class_counts": data["train_class_counts"],

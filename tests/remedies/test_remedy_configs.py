@@ -6,10 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-from cli_helpers import CONFIGS, QUIET, fake_data_args, fit
+from cli_helpers import CONFIGS, QUIET, fake_data_args, fit, host_precision
 from fakedata import make_fake_cifar
 
 from imbcompress.cli import run_cli
+from imbcompress.models.heads import CosineLinear
+from imbcompress.task import ImbalanceClassifier
 
 FRAGMENTS = sorted((CONFIGS / "remedies").glob("*.yaml"))
 EXPECTED = {
@@ -23,6 +25,7 @@ EXPECTED = {
         "drw_fraction": 0.8,
         "drw_beta": 0.9999,
         "drw_start_epoch": 1,  # int(0.8 * 2 epochs)
+        "classifier": "cosine",  # the fragment sets model.init_args.classifier
     },
     "logit_adjusted": {"method": "logit_adjusted", "tau": 1.0},
     "sampler_class_balanced": {"method": "sampler_class_balanced"},
@@ -72,6 +75,44 @@ def test_remedy_fragments_stack_with_compression_fragments(cifar_root: Path, tmp
     assert [r["method"] for r in metrics["compression"]] == ["filter_pruning", "dorefa"]
     assert [r["method"] for r in metrics["remedies"]] == ["sampler_square_root", "logit_adjusted"]
     assert metrics["model_size"]["nnz"] == 6_688
+
+
+def test_ldam_fragment_trains_a_cosine_classifier_that_reloads_with_compression(
+    cifar_root: Path, tmp_path: Path
+) -> None:
+    fragments = ["compress/prune_severe", "compress/dorefa_a3w3", "remedies/ldam_drw"]
+    args = [*_base(cifar_root), *[f"--config={CONFIGS / f'{name}.yaml'}" for name in fragments], *SHORT]
+    run = tmp_path / "run"
+    metrics = fit(args, run)
+    assert metrics["model"]["classifier"] == "cosine" and metrics["remedies"][0]["classifier"] == "cosine"
+    ckpt = run / "checkpoints/last.ckpt"
+    reloaded = ImbalanceClassifier.load_from_checkpoint(ckpt)
+    assert isinstance(reloaded.model.classifier, CosineLinear) and reloaded.model.classifier.bias is None
+    run_cli(
+        [
+            "test",
+            f"--config={run / 'config.yaml'}",
+            f"--ckpt_path={ckpt}",
+            f"--run_dir={tmp_path / 'again'}",
+            *QUIET,
+            *host_precision(args),
+        ]
+    )
+    again = json.loads((tmp_path / "again/metrics.json").read_text())
+    assert again["test"] == metrics["test"] and again["compression"] == metrics["compression"]
+    with pytest.raises(ValueError, match="needs a classifier with a bias.*CosineLinear"):
+        run_cli(
+            [
+                "test",
+                f"--config={run / 'config.yaml'}",
+                f"--config={CONFIGS / 'remedies/posthoc_logit_adjustment.yaml'}",
+                f"--ckpt_path={ckpt}",
+                f"--run_dir={tmp_path / 'posthoc'}",
+                *QUIET,
+                *host_precision(args),
+            ]
+        )
+    assert not (tmp_path / "posthoc/metrics.json").exists()
 
 
 def test_posthoc_fragment_on_a_trained_run_at_test(cifar_root: Path, tmp_path: Path) -> None:
