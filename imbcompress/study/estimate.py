@@ -68,7 +68,7 @@ def _limited(images: int, batch_size: int, limit: Any) -> int:
 
 
 def run_images(run: Run, config: Any, classes: int, per_class: int) -> int:
-    """Training images one run sees over all its epochs."""
+    """Training images one run sees: its epochs x its training set, or ``max_steps`` x the batch if that ends first."""
     from imbcompress.data.imbalance import class_counts  # pure; imports torch, as the parse already did
 
     variant = run.variant
@@ -78,10 +78,15 @@ def run_images(run: Run, config: Any, classes: int, per_class: int) -> int:
     data = config.data.init_args
     per_epoch = int(sum(counts) * (1 - float(data.get("val_fraction") or 0.0)))
     per_epoch = _limited(per_epoch, int(data.batch_size), config.trainer.get("limit_train_batches"))
-    epochs = config.trainer.get("max_epochs")
-    if epochs is None or epochs < 0:
-        raise ValueError(f"run {run.id}: its configuration sets no trainer.max_epochs, so its length is unknown")
-    return per_epoch * int(epochs)
+    epochs, steps = config.trainer.get("max_epochs"), config.trainer.get("max_steps")
+    by_epochs = per_epoch * int(epochs) if epochs is not None and epochs >= 0 else None
+    by_steps = int(steps) * int(data.batch_size) if steps is not None and steps > 0 else None  # whichever ends first
+    if by_epochs is None and by_steps is None:
+        raise ValueError(
+            f"run {run.id}: its configuration sets neither trainer.max_epochs nor trainer.max_steps, "
+            "so its length is unknown"
+        )
+    return min(n for n in (by_epochs, by_steps) if n is not None)
 
 
 def makespan(plan: Plan, seconds: dict[str, float], slots: int) -> float:

@@ -17,8 +17,8 @@ from imbcompress.study.remedies import BASELINE
 from imbcompress.yamlio import load_yaml_file
 
 FRAGMENT_RULE = (
-    "a remedy fragment may only append remedy callbacks (trainer.callbacks+) and set data.init_args.sampler / "
-    "sampler_switch_epoch"
+    "a remedy fragment may only append remedy callbacks (trainer.callbacks+), set data.init_args.sampler / "
+    "sampler_switch_epoch and model.init_args.classifier"
 )
 
 
@@ -64,13 +64,26 @@ def _fragment_contents(path: str) -> tuple[list[dict], dict[str, Any]]:
     trainer = _mapping(path, "trainer", data.pop("trainer", None))
     data_section = _mapping(path, "data", data.pop("data", None))
     init_args = _mapping(path, "data.init_args", data_section.pop("init_args", None))
+    model_section = _mapping(path, "model", data.pop("model", None))
+    model_args = _mapping(path, "model.init_args", model_section.pop("init_args", None))
+    _check_classifier(path, model_args.pop("classifier", "linear"))
     callbacks = list(trainer.pop("callbacks+", None) or []) + list(trainer.pop("callbacks", None) or [])
     sampler = {key: init_args.pop(key) for key in ("sampler", "sampler_switch_epoch") if key in init_args}
     extra = [f"{key} (top level)" for key in data] + [f"trainer.{key}" for key in trainer]
     extra += [f"data.{key}" for key in data_section] + [f"data.init_args.{key}" for key in init_args]
+    extra += [f"model.{key}" for key in model_section] + [f"model.init_args.{key}" for key in model_args]
     if extra:
         raise ValueError(f"fragment {path} sets {', '.join(extra)}; {FRAGMENT_RULE}")
     return callbacks, sampler
+
+
+def _check_classifier(path: str, kind: Any) -> None:
+    from imbcompress.models.heads import CLASSIFIER_KINDS
+
+    if kind not in CLASSIFIER_KINDS:
+        raise ValueError(
+            f"fragment {path}: model.init_args.classifier={kind!r}; allowed: {', '.join(CLASSIFIER_KINDS)}"
+        )
 
 
 def _instantiate(callback: Any) -> Any:

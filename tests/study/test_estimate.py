@@ -29,6 +29,16 @@ def test_estimate_counts_images_epochs_and_simulates_the_slots(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_max_steps_caps_a_run_that_would_take_longer_by_epochs(tmp_path):
+    # 40 epochs or 4,000 steps, whichever ends first: the balanced set (50,000 images) stops at the step budget, the
+    # long-tailed one at its 40 epochs (EXP_R100 images each: fewer than 4,000 batches of 128 in all)
+    args = ["--trainer.max_epochs=40", "--trainer.max_steps=4000", "--data.init_args.batch_size=128"]
+    plan = expand(load_study(write_study(tmp_path, base=BASE, methods={"fp32": {"args": args}})), tmp_path / "out")
+    result = estimate(plan, Throughput(images_per_s_per_run=1000.0))
+    assert result["methods"]["fp32"]["images"] == 4000 * 128 + min(40 * EXP_R100, 4000 * 128)
+    assert 40 * EXP_R100 < 4000 * 128 < 40 * 50000
+
+
 def test_makespan_of_one_slot_is_the_sum(tmp_path):
     plan = expand(load_study(write_study(tmp_path)), tmp_path / "out")
     assert makespan(plan, {run.id: 10.0 for run in plan.runs}, 1) == 60.0

@@ -93,6 +93,8 @@ def callback(class_path: str, **init_args) -> dict:
 def test_remedy_settings_classes_and_conflicts_are_checked_before_any_run(tmp_path):
     (tmp_path / "frags").mkdir()
     (tmp_path / "frags" / "epochs.yaml").write_text("trainer: {max_epochs: 3}\ndata: {class_path: x.Y}\n")
+    (tmp_path / "frags" / "head.yaml").write_text("model: {init_args: {classifier: norm}}\n")
+    (tmp_path / "frags" / "arch.yaml").write_text("model: {init_args: {arch: resnet56, classifier: cosine}}\n")
     entries = {
         "typo": {"callbacks": [callback("imbcompress.callbacks.LogitAdjustLoss")]},
         "pruning": {"callbacks": [callback("imbcompress.callbacks.FilterPruning", preset="severe")]},
@@ -101,11 +103,13 @@ def test_remedy_settings_classes_and_conflicts_are_checked_before_any_run(tmp_pa
         "sampler": {"sampler": "balanced"},
         "deferred": {"sampler": "deferred"},
         "extra": {"fragments": ["frags/epochs.yaml"]},
+        "head": {"fragments": ["frags/head.yaml"]},
+        "arch": {"fragments": ["frags/arch.yaml"]},
         "good": {"fragments": [LDAM_FRAGMENT], "sampler": "square_root"},
     }
     plan = expand(load_study(write_study(tmp_path, remedies=entries)), tmp_path / "out")
     problems = remedy_problems(plan.remedies)
-    assert len(problems) == 7 and not any(p.startswith("remedies.good") for p in problems)
+    assert len(problems) == 9 and not any(p.startswith("remedies.good") for p in problems)  # good: a cosine head
     by_name = {p.split(":")[0]: p for p in problems}
     allowed = "allowed: imbcompress.callbacks.ClassBalancedLoss, imbcompress.callbacks.FocalLoss"
     assert "'imbcompress.callbacks.LogitAdjustLoss' cannot be imported (" + allowed in by_name["remedies.typo"]
@@ -115,6 +119,8 @@ def test_remedy_settings_classes_and_conflicts_are_checked_before_any_run(tmp_pa
     assert "sampler must be one of ['instance_balanced', 'class_balanced'" in by_name["remedies.sampler"]
     assert "sampler='deferred' needs sampler_switch_epoch" in by_name["remedies.deferred"]
     assert "sets trainer.max_epochs, data.class_path; a remedy fragment may only append" in by_name["remedies.extra"]
+    assert "model.init_args.classifier='norm'; allowed: linear, cosine" in by_name["remedies.head"]
+    assert "sets model.init_args.arch; a remedy fragment may only" in by_name["remedies.arch"]
 
 
 def test_an_invalid_remedy_stops_study_run_before_anything_is_written(tmp_path, fake_env, capsys):
