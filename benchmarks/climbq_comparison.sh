@@ -10,7 +10,10 @@
 #   climbq             ClimbQ 2-bit, stem quantized (the official setting)
 #   climbqplus_official ClimbQ+ (HomoVar official: lt_loss.py's arithmetic, softmax + weighted BCE)
 #   climbqplus_paper   ClimbQ+ (HomoVar paper: Levene's test per batch, weighted CE)
-#   climbq_cb          ClimbQ + class-balanced cross-entropy (configs/compress/climbq_cb_w2.yaml), the ablation
+#   climbq_cb          ClimbQ + class-balanced cross-entropy as HomoVar reduces it, mean_i w_y CE_i
+#                      (configs/compress/climbq_cb_w2.yaml): the ablation that isolates HomoVar's bounds
+#   climbq_cb_remedy   ClimbQ + the class_balanced remedy (issue 11) at beta 0.999: weighted mean
+#                      sum_i w_y CE_i / sum_i w_y, the re-weighting a user would reach for
 # Every fine-tuning run also keeps checkpoints/best.ckpt, the epoch with the best validation macro-F1, and tests it
 # into <run>/best/metrics.json; <run>/metrics.json is the final epoch. Never selected on the test set.
 #
@@ -53,6 +56,16 @@ trainer:
         enable_version_counter: false
 YAML
 
+# The class_balanced remedy at HomoVar's beta (0.999), for the climbq_cb_remedy row.
+cat >"$out/class_balanced_0999.yaml" <<'YAML'
+trainer:
+  callbacks+:
+    - class_path: imbcompress.callbacks.ClassBalancedLoss
+      init_args:
+        beta: 0.999
+        gamma: 0.0
+YAML
+
 data=(--config configs/experiments/quickstart.yaml --data.init_args.root=/tmp/data/cifar_jpg
   --data.init_args.imbalance_ratio=50 --data.init_args.val_fraction="$val_fraction"
   --model.init_args.shortcut=B --trainer.enable_progress_bar=false)
@@ -91,6 +104,7 @@ for seed in $seeds; do
     "climbqplus_official --config configs/compress/climbqplus_w2.yaml"
     "climbqplus_paper --config configs/compress/climbqplus_w2.yaml --trainer.callbacks.init_args.homovar_mode=paper"
     "climbq_cb --config configs/compress/climbq_cb_w2.yaml"
+    "climbq_cb_remedy --config configs/compress/climbq_w2.yaml --config $out/class_balanced_0999.yaml"
   )
   for row in "${rows[@]}"; do
     read -r -d "" -a words <<<"$row" || true  # the row may span lines

@@ -17,14 +17,28 @@ from typing import Any
 
 import torch
 
-# row name -> (label, expected compression record fields)
-ROWS: dict[str, tuple[str, dict[str, Any]]] = {
-    "dorefa_w2a2": ("DoReFa (W2, A2), stem + classifier FP", {"method": "dorefa", "weight_bits": 2}),
-    "climbq_stem_fp": ("ClimbQ 2-bit, stem FP", {"method": "climbq", "homovar": False, "exclude": ["stem.conv"]}),
-    "climbq": ("ClimbQ 2-bit, stem quantized (official)", {"method": "climbq", "homovar": False, "exclude": None}),
-    "climbqplus_official": ("ClimbQ+ official", {"method": "climbq", "homovar_mode": "official"}),
-    "climbqplus_paper": ("ClimbQ+ paper", {"method": "climbq", "homovar_mode": "paper"}),
-    "climbq_cb": ("ClimbQ + class-balanced CE", {"method": "climbq", "homovar_mode": "class_balanced"}),
+# row name -> (label, expected compression record fields, expected remedies record)
+CB_REMEDY = [{"method": "class_balanced", "beta": 0.999, "gamma": 0.0}]
+ROWS: dict[str, tuple[str, dict[str, Any], list[dict[str, Any]]]] = {
+    "dorefa_w2a2": ("DoReFa (W2, A2), stem + classifier FP", {"method": "dorefa", "weight_bits": 2}, []),
+    "climbq_stem_fp": (
+        "ClimbQ 2-bit, stem FP",
+        {"method": "climbq", "homovar": False, "exclude": ["stem.conv"]},
+        [],
+    ),
+    "climbq": ("ClimbQ 2-bit, stem quantized (official)", {"method": "climbq", "homovar": False, "exclude": None}, []),
+    "climbqplus_official": ("ClimbQ+ official", {"method": "climbq", "homovar_mode": "official"}, []),
+    "climbqplus_paper": ("ClimbQ+ paper", {"method": "climbq", "homovar_mode": "paper"}, []),
+    "climbq_cb": (
+        "ClimbQ + class-balanced CE, mean of w_y CE (HomoVar's reduction)",
+        {"method": "climbq", "homovar_mode": "class_balanced"},
+        [],
+    ),
+    "climbq_cb_remedy": (
+        "ClimbQ + class_balanced remedy (weighted mean)",
+        {"method": "climbq", "homovar": False},
+        CB_REMEDY,
+    ),
 }
 
 
@@ -41,10 +55,12 @@ def _scores(metrics: dict[str, Any]) -> tuple[float, float, float]:
     return 100 * test["accuracy"], 100 * test["macro_f1"], 100 * test["per_class"]["f1"][smallest]
 
 
-def _check(run: Path, metrics: dict[str, Any], expected: dict[str, Any]) -> None:
+def _check(run: Path, metrics: dict[str, Any], expected: dict[str, Any], remedies: list[dict[str, Any]]) -> None:
     records = metrics["compression"]
     if len(records) != 1 or any(records[0].get(key) != value for key, value in expected.items()):
         raise SystemExit(f"{run}: compression record {records} does not match the row's settings {expected}")
+    if metrics.get("remedies", []) != remedies:
+        raise SystemExit(f"{run}: remedies {metrics.get('remedies')} do not match the row's {remedies}")
     if records[0].get("weight_bits") != 2 or records[0].get("activation_bits") != 2:
         raise SystemExit(f"{run}: expected 2-bit weights and activations, got {records[0]}")
 
@@ -55,12 +71,12 @@ def _cell(values: list[float]) -> str:
 
 
 def _row(out: Path, name: str, seeds: list[int]) -> list[str]:
-    label, expected = ROWS[name]
+    label, expected, remedies = ROWS[name]
     final, best, epochs = [], [], []
     for seed in seeds:
         run = out / f"{name}_s{seed}"
         metrics = _load(run / "metrics.json")
-        _check(run, metrics, expected)
+        _check(run, metrics, expected, remedies)
         final.append(_scores(metrics))
         best.append(_scores(_load(run / "best" / "metrics.json")))
         checkpoint = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
