@@ -6,6 +6,12 @@ DoReFa QAT 5 steps per setting, 1000 test images. Prints one row per setting and
 logit difference, and the top-2 margins of the fake-quant model at the disagreeing images.
 
     python3 benchmarks/dorefa_int8_agreement.py
+
+With ``--run RUN`` (a DoReFa fit's run directory: config.yaml and checkpoints/last.ckpt) it instead splits the
+disagreement of that model on its whole test set into its two sources: the PyTorch model with BatchNorm folded
+(float rounding of the fold alone) and ONNX Runtime's int8 arithmetic on top of it.
+
+    python3 benchmarks/dorefa_int8_agreement.py --run runs/deploy_real/dorefa_a8w8
 """
 
 from __future__ import annotations
@@ -36,7 +42,11 @@ LEVELS = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--run", type=Path, help="a DoReFa run directory: measure on its test set instead")
     args = parser.parse_args()
+    if args.run is not None:
+        real_run(args.run)
+        return
     torch.manual_seed(0)
     base = train_few_steps(build_model("resnet20", 10))
     images, labels = learnable_images(args.images, seed=2)
@@ -64,6 +74,40 @@ def main() -> None:
                 f"| {weight_bits} | {activation_bits} | {name} | {accuracy:.3f} | {agreement:.4f}"
                 f" | {float((out - logits).abs().max()):.4f} | {shown} |"
             )
+
+
+def real_run(run: Path) -> None:
+    """Agreement of the folded PyTorch deploy model and of the int8 ONNX model with the fake-quant model of ``run``."""
+    from imbcompress.deploy import command, ptq
+    from imbcompress.deploy.dorefa_int8 import int8_deploy_model
+
+    config = command._read_config(str(run / "config.yaml"))
+    _, model = command.load_model(str(run / "checkpoints" / "last.ckpt"))
+    datamodule = command.build_datamodule(config, None)
+    normalize = command.normalizer(datamodule)
+    images, _ = command._test_split(datamodule)
+
+    def logits_of(module: torch.nn.Module) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([module(normalize(images[i : i + 500])) for i in range(0, len(images), 500)])
+
+    source = logits_of(model.eval())
+    folded = logits_of(int8_deploy_model(model).eval())
+    int8 = ptq.onnx_logits(ptq.session(dorefa_int8_bytes(model)), images, normalize)
+    print(f"{run}: {len(images)} test images")
+    print("| comparison | agreement | disagreements | largest top-2 margin of the reference there |")
+    print("|---|---|---|---|")
+    for name, out, reference in [
+        ("PyTorch, BN folded vs fake-quant", folded, source),
+        ("ONNX Runtime int8 vs PyTorch, BN folded", int8, folded),
+        ("ONNX Runtime int8 vs fake-quant", int8, source),
+    ]:
+        record = ptq.agreement(out, reference)
+        margin = record["source_margin_at_disagreement"]
+        print(
+            f"| {name} | {100 * record['agreement_with_source']:.2f} % | {record['disagreements']} | "
+            f"{'-' if margin is None else f'{margin:.4f}'} |"
+        )
 
 
 if __name__ == "__main__":
