@@ -49,3 +49,19 @@ def test_dorefa_refuses_to_quantize_a_cosine_classifier_but_keeps_it_by_default(
     set_classifier(model, "cosine")
     with pytest.raises(ValueError, match="'classifier' is a cosine classifier"):
         apply_dorefa(model, dorefa_record(model, 4, 4, ["stem.conv"]))
+
+
+def test_a_cosine_model_exports_to_onnx_with_the_same_logits() -> None:
+    import onnxruntime as ort
+
+    from imbcompress.deploy.onnx_export import onnx_bytes
+
+    torch.manual_seed(0)
+    model = build_model("resnet20", 10)
+    set_classifier(model, "cosine")
+    model.eval()
+    images = torch.randn(4, 3, 32, 32)
+    session = ort.InferenceSession(onnx_bytes(model), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {session.get_inputs()[0].name: images.numpy()})[0]
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(logits), model(images), atol=1e-5)
