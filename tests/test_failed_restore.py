@@ -7,6 +7,7 @@ a run that never happened.
 from __future__ import annotations
 
 import fcntl
+import shutil
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from fakedata import make_fake_cifar
 
 from imbcompress.cli import run_cli
 from imbcompress.errors import SettingsError
-from imbcompress.locks import RUN_LOCK_FILE, FileLock
+from imbcompress.locks import RUN_LOCK_FILE, FileLock, holder
 
 BASE = [f"--config={CONFIGS / 'trainer/cpu.yaml'}", f"--config={CONFIGS / 'model/resnet20.yaml'}"]
 TINY = ["--data.init_args.batch_size=8", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=0"]
@@ -48,7 +49,8 @@ def edited_checkpoint(done: Path, tmp_path: Path, edit: str) -> Path:
     if edit == "weights-only":
         checkpoint = checkpoint["state_dict"]
     else:
-        checkpoint["optimizer_states"][0]["param_groups"].append(dict(checkpoint["optimizer_states"][0]["param_groups"][0]))
+        groups = checkpoint["optimizer_states"][0]["param_groups"]
+        groups.append(dict(groups[0]))  # a parameter group the model does not have
     path = tmp_path / f"{edit}.ckpt"
     torch.save(checkpoint, path)
     return path
@@ -108,7 +110,7 @@ def test_a_correct_resume_after_a_failed_one_keeps_the_earlier_files(
 ) -> None:
     run, args = done
     child = tmp_path / "child"
-    run_fit(args, child)
+    shutil.copytree(run, child)
     first = contents(child)
     with pytest.raises(ValueError):
         run_fit(failing_resumes(run, args, tmp_path)["optimizer-state"][0], child)
@@ -116,11 +118,10 @@ def test_a_correct_resume_after_a_failed_one_keeps_the_earlier_files(
     metrics = fit([*args, "--trainer.max_epochs=2", f"--ckpt_path={child / 'checkpoints/last.ckpt'}"], child)
     assert metrics["resumed_from"] == str(child / "checkpoints/last.ckpt")
     after = contents(child)
-    kept = [name for name in first if name.startswith("events.out.tfevents.") or name.startswith("checkpoints")]
-    assert kept and all(name in after for name in kept)  # the first fit's logs are kept, the resume adds its own
-    assert len([name for name in after if name.startswith("events.out.tfevents.")]) > len(
-        [name for name in first if name.startswith("events.out.tfevents.")]
-    )
+    events = [name for name in first if name.startswith("events.out.tfevents.")]
+    assert events and all(name in after for name in events)  # the first fit's logs are kept, the resume adds its own
+    assert len([name for name in after if name.startswith("events.out.tfevents.")]) > len(events)
+    assert RUN_LOCK_FILE in after and "checkpoints/last.ckpt" in after
 
 
 def test_a_lock_put_back_removes_the_file_it_created_and_restores_one_it_found(tmp_path: Path) -> None:
@@ -134,6 +135,7 @@ def test_a_lock_put_back_removes_the_file_it_created_and_restores_one_it_found(t
     assert path.read_text() != "pid 1 since earlier\n"
     lock.release(put_back=True)
     assert path.read_text() == "pid 1 since earlier\n"
+    assert holder(path) is None and path.read_text() == "pid 1 since earlier\n"  # a probe puts it back too
 
 
 def test_a_lock_taken_on_a_file_removed_meanwhile_is_taken_on_the_new_file(
