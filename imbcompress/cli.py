@@ -13,8 +13,10 @@ from lightning.pytorch.utilities import rank_zero_info
 from imbcompress.callbacks.run_report import PREDICTIONS_FILE, RunReport
 from imbcompress.checkpoint import load_checkpoint_file, secure_subcommand_config
 from imbcompress.data import ImbalancedDataModule
-from imbcompress.locks import hold_run_dir_lock, release_run_dir_locks
+from imbcompress.locks import release_run_dir_locks
 from imbcompress.names import METRICS_FILE
+from imbcompress.restore import check_restore
+from imbcompress.run_dir import FitAttempt
 from imbcompress.task import ImbalanceClassifier
 from imbcompress.yamlio import use_for_config_files
 
@@ -51,7 +53,21 @@ def fresh_run_dir(run_dir: str, subcommand: str) -> str:
 
 
 class ImbCompressCLI(LightningCLI):
-    """LightningCLI with the data -> model links, ``--run_dir``, test-after-fit and a ``RunReport`` in every run."""
+    """LightningCLI with the data -> model links, ``--run_dir``, test-after-fit and a ``RunReport`` in every run.
+
+    ``--ckpt_path`` is checked against the built model and callbacks before the run writes anything
+    (:func:`~imbcompress.restore.check_restore`), and a fit that fails before its first optimisation step leaves its
+    run directory as it found it (:class:`~imbcompress.run_dir.FitAttempt`).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._attempt: FitAttempt | None = None
+        self._checkpoint: tuple[str, dict[str, Any]] | None = None  # --ckpt_path and its content, until checked
+        try:
+            super().__init__(*args, **kwargs)
+        except BaseException:
+            self._put_back_unless_trained()
+            raise
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
@@ -85,7 +101,9 @@ class ImbCompressCLI(LightningCLI):
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if not ckpt_path or not Path(ckpt_path).is_file():
             return
-        hparams = dict(load_checkpoint_file(ckpt_path, setting="ckpt_path").get("hyper_parameters") or {})
+        checkpoint = load_checkpoint_file(ckpt_path, setting="ckpt_path")
+        self._checkpoint = (str(ckpt_path), checkpoint)
+        hparams = dict(checkpoint.get("hyper_parameters") or {})
         hparams.pop("_instantiator", None)
         if "model" in hparams and "arch" not in hparams:
             hparams["arch"] = hparams.pop("model")
@@ -99,7 +117,7 @@ class ImbCompressCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         run_dir = config.get("run_dir")
         if run_dir and self.subcommand == "fit":
-            hold_run_dir_lock(run_dir)  # before anything is written: one fit per run directory
+            self._attempt = FitAttempt.begin(run_dir)  # the lock, before anything is written: one fit per directory
         if run_dir and self.subcommand in EVALUATING:
             run_dir = config.run_dir = fresh_run_dir(run_dir, self.subcommand)
         if run_dir:
@@ -107,6 +125,30 @@ class ImbCompressCLI(LightningCLI):
             config.trainer.logger = Namespace(
                 class_path="lightning.pytorch.loggers.TensorBoardLogger",
                 init_args=Namespace(save_dir=run_dir, name="", version=""),
+            )
+
+    def after_instantiate_classes(self) -> None:
+        super().after_instantiate_classes()
+        if self._checkpoint is not None:
+            path, checkpoint = self._checkpoint
+            self._checkpoint = None
+            callbacks = self.trainer.callbacks  # type: ignore[attr-defined]
+            check_restore(checkpoint, path, self.model, callbacks, fitting=self.subcommand == "fit")
+
+    def _put_back_unless_trained(self) -> None:
+        """After a failure: unless the fit took an optimisation step, put its run directory back as it was."""
+        attempt, self._attempt = self._attempt, None
+        if attempt is None:
+            return
+        trainer = getattr(self, "trainer", None)
+        reports = [callback for callback in getattr(trainer, "callbacks", []) if isinstance(callback, RunReport)]
+        if any(report.has_trained(trainer) for report in reports):  # type: ignore[arg-type]
+            return
+        changed = attempt.put_back()
+        if changed:
+            rank_zero_info(
+                f"the fit failed before its first optimisation step; in {attempt.run_dir}, removed or restored what "
+                f"it wrote: {', '.join(changed)}"
             )
 
     def after_fit(self) -> None:

@@ -42,6 +42,7 @@ class RunReport(Callback):
         super().__init__()
         self.fit_state: dict[str, Any] | None = None  # fit-only records, resumed_from, init_from
         self._counts_logged = False
+        self._first_step: int | None = None  # the global step at which this fit's training loop began
         self._predictions: list[dict[str, torch.Tensor]] = []
 
     # ------------------------------------------------------------------ fit
@@ -71,6 +72,14 @@ class RunReport(Callback):
         warn_if_bf16_is_emulated(trainer)
         for logger in trainer.loggers:
             logger.log_metrics({f"model_size/{key}": float(value) for key, value in size.items()}, step=0)
+
+    @override
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._first_step = trainer.global_step  # after the restore of the loops: a resumed fit's step
+
+    def has_trained(self, trainer: Trainer) -> bool:
+        """Whether the fit has taken an optimisation step (before it, what a failed fit wrote records nothing)."""
+        return self._first_step is not None and trainer.global_step > self._first_step
 
     @staticmethod
     def _callback_records(trainer: Trainer, at_test: bool = False) -> dict[str, list[dict[str, Any]]]:
