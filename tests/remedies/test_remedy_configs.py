@@ -77,6 +77,15 @@ def test_remedy_fragments_stack_with_compression_fragments(cifar_root: Path, tmp
     assert metrics["model_size"]["nnz"] == 6_688
 
 
+POSTHOC_LA = f"--config={CONFIGS / 'remedies/posthoc_logit_adjustment.yaml'}"
+
+
+def _test(run: Path, out: Path, *extra: str) -> None:
+    """`imbcompress test` of a fitted run's last checkpoint with its config.yaml (plus ``extra``) into ``out``."""
+    ckpt = run / "checkpoints/last.ckpt"
+    run_cli(["test", f"--config={run / 'config.yaml'}", *extra, f"--ckpt_path={ckpt}", f"--run_dir={out}", *QUIET])
+
+
 def test_ldam_fragment_trains_a_cosine_classifier_that_reloads_with_compression(
     cifar_root: Path, tmp_path: Path
 ) -> None:
@@ -88,30 +97,11 @@ def test_ldam_fragment_trains_a_cosine_classifier_that_reloads_with_compression(
     ckpt = run / "checkpoints/last.ckpt"
     reloaded = ImbalanceClassifier.load_from_checkpoint(ckpt)
     assert isinstance(reloaded.model.classifier, CosineLinear) and reloaded.model.classifier.bias is None
-    run_cli(
-        [
-            "test",
-            f"--config={run / 'config.yaml'}",
-            f"--ckpt_path={ckpt}",
-            f"--run_dir={tmp_path / 'again'}",
-            *QUIET,
-            *host_precision(args),
-        ]
-    )
+    _test(run, tmp_path / "again", *host_precision(args))
     again = json.loads((tmp_path / "again/metrics.json").read_text())
     assert again["test"] == metrics["test"] and again["compression"] == metrics["compression"]
     with pytest.raises(ValueError, match="needs a classifier with a bias.*CosineLinear"):
-        run_cli(
-            [
-                "test",
-                f"--config={run / 'config.yaml'}",
-                f"--config={CONFIGS / 'remedies/posthoc_logit_adjustment.yaml'}",
-                f"--ckpt_path={ckpt}",
-                f"--run_dir={tmp_path / 'posthoc'}",
-                *QUIET,
-                *host_precision(args),
-            ]
-        )
+        _test(run, tmp_path / "posthoc", POSTHOC_LA, *host_precision(args))
     assert not (tmp_path / "posthoc/metrics.json").exists()
 
 
@@ -121,16 +111,7 @@ def test_posthoc_fragment_on_a_trained_run_at_test(cifar_root: Path, tmp_path: P
     assert fitted["remedies"] == []
     ckpt = run / "checkpoints/last.ckpt"
     before = ckpt.read_bytes()
-    run_cli(
-        [
-            "test",
-            f"--config={run / 'config.yaml'}",
-            f"--config={CONFIGS / 'remedies/posthoc_logit_adjustment.yaml'}",
-            f"--ckpt_path={ckpt}",
-            f"--run_dir={tmp_path / 'posthoc'}",
-            *QUIET,
-        ]
-    )
+    _test(run, tmp_path / "posthoc", POSTHOC_LA)
     adjusted = json.loads((tmp_path / "posthoc/metrics.json").read_text())
     assert adjusted["remedies"] == [EXPECTED["posthoc_logit_adjustment"]]
     assert adjusted["compression"] == fitted["compression"] and ckpt.read_bytes() == before
