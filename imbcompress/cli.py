@@ -56,8 +56,9 @@ class ImbCompressCLI(LightningCLI):
     """LightningCLI with the data -> model links, ``--run_dir``, test-after-fit and a ``RunReport`` in every run.
 
     ``--ckpt_path`` is checked against the built model and callbacks before the run writes anything
-    (:func:`~imbcompress.restore.check_restore`), and a fit that fails before its first optimisation step leaves its
-    run directory as it found it (:class:`~imbcompress.run_dir.FitAttempt`).
+    (:func:`~imbcompress.restore.check_restore`), and a fit that fails before its first optimisation step, or a
+    validate / test / predict that fails, leaves its run directory as it found it
+    (:class:`~imbcompress.run_dir.FitAttempt`).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -120,6 +121,7 @@ class ImbCompressCLI(LightningCLI):
             self._attempt = FitAttempt.begin(run_dir)  # the lock, before anything is written: one fit per directory
         if run_dir and self.subcommand in EVALUATING:
             run_dir = config.run_dir = fresh_run_dir(run_dir, self.subcommand)
+            self._attempt = FitAttempt.begin(run_dir, lock=False)  # a failed evaluation leaves nothing either
         if run_dir:
             config.trainer.default_root_dir = run_dir
             config.trainer.logger = Namespace(
@@ -147,8 +149,8 @@ class ImbCompressCLI(LightningCLI):
         changed = attempt.put_back()
         if changed:
             rank_zero_info(
-                f"the fit failed before its first optimisation step; in {attempt.run_dir}, removed or restored what "
-                f"it wrote: {', '.join(changed)}"
+                f"the {self.subcommand} failed before its first optimisation step; in {attempt.run_dir}, removed or "
+                f"restored what it wrote: {', '.join(changed)}"
             )
 
     def after_fit(self) -> None:

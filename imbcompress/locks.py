@@ -150,7 +150,7 @@ def wait_for_run_dir(run_dir: str | Path, timeout_s: float) -> None:
         time.sleep(0.2)
 
 
-def _is_first_process() -> bool:
+def is_first_process() -> bool:
     """False in the extra processes of a multi-process (DDP) run, which share rank 0's run directory."""
     return all(os.environ.get(name, "0") == "0" for name in RANK_VARIABLES)
 
@@ -169,7 +169,7 @@ def hold_run_dir_lock(run_dir: str | Path) -> bool:
         Whether this process holds the lock (False in the extra ranks of a DDP run).
     """
     key = Path(run_dir).resolve()
-    if not _is_first_process():
+    if not is_first_process():
         return False
     if key not in _HELD:
         _HELD[key] = run_dir_lock(run_dir).acquire()

@@ -10,18 +10,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from imbcompress.atomic import atomic_write
-from imbcompress.locks import hold_run_dir_lock, release_run_dir_locks
+from imbcompress.locks import hold_run_dir_lock, is_first_process, release_run_dir_locks
 from imbcompress.names import METRICS_FILE
 
-FIT_OUTPUTS = ("config.yaml", "hparams.yaml", "events.out.tfevents.*", METRICS_FILE, "checkpoints")
-"""What a fit writes into its run directory (Lightning's config and TensorBoard files, the run report, the checkpoint
-callbacks). Only these are removed or put back, never another program's files there (a study's ``run.log``)."""
+FIT_OUTPUTS = ("config.yaml", "hparams.yaml", "events.out.tfevents.*", METRICS_FILE, "predictions.csv", "checkpoints")
+"""What a fit (or validate / test / predict) writes into its run directory (Lightning's config and TensorBoard files,
+the run report, ``predict``'s predictions, the checkpoint callbacks). Only these are removed or put back, never
+another program's files there (a study's ``run.log``)."""
 REWRITTEN = ("config.yaml", "hparams.yaml", METRICS_FILE)
 """The outputs a fit rewrites when its directory has them already (small: their bytes are kept to put back)."""
 
 
 class FitAttempt:
-    """The run directory of one fit as found when the fit took its lock.
+    """The run directory of one fit (or evaluation) as found when the fit took its lock (the evaluation began).
 
     Args:
         run_dir: The directory (``--run_dir``).
@@ -32,17 +33,24 @@ class FitAttempt:
         self._created = _first_missing(self.run_dir)  # the folder this attempt creates (None: the directory exists)
         self._found: set[Path] = set()
         self._kept: dict[Path, tuple[bytes, int]] = {}  # a rewritten output's bytes and mode
+        self._locked = False
 
     @classmethod
-    def begin(cls, run_dir: str | Path) -> FitAttempt | None:
+    def begin(cls, run_dir: str | Path, lock: bool = True) -> FitAttempt | None:
         """Lock ``run_dir`` (:func:`~imbcompress.locks.hold_run_dir_lock`) and record what it holds.
+
+        Args:
+            run_dir: The directory.
+            lock: Take the run-directory lock (a fit); an evaluation (``validate`` / ``test`` / ``predict``, which
+                writes to a directory no run holds) takes none.
 
         Returns:
             The attempt, or None in the extra ranks of a DDP run (rank 0 owns the directory).
         """
         attempt = cls(run_dir)
-        if not hold_run_dir_lock(run_dir):
+        if not (hold_run_dir_lock(run_dir) if lock else is_first_process()):
             return None
+        attempt._locked = lock
         attempt._found = set(attempt._outputs())
         files = (attempt.run_dir / name for name in REWRITTEN)
         attempt._kept = {path: (path.read_bytes(), path.stat().st_mode) for path in files if path.is_file()}
@@ -69,7 +77,8 @@ class FitAttempt:
                     _restore(path, data, mode)
                     changed.append(str(path.relative_to(self.run_dir)))
         finally:
-            release_run_dir_locks(put_back=True)
+            if self._locked:
+                release_run_dir_locks(put_back=True)
         if self._created is not None:
             for folder in [self.run_dir, *self.run_dir.parents]:
                 if not _remove(folder) or folder == self._created:
