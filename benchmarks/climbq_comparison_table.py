@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from seed_table import seed_cell
 
 # row name -> (label, expected compression record fields, expected remedies record)
 CB_REMEDY = [{"method": "class_balanced", "beta": 0.999, "gamma": 0.0}]
@@ -65,11 +66,6 @@ def _check(run: Path, metrics: dict[str, Any], expected: dict[str, Any], remedie
         raise SystemExit(f"{run}: expected 2-bit weights and activations, got {records[0]}")
 
 
-def _cell(values: list[float]) -> str:
-    mean = sum(values) / len(values)
-    return f"{mean:.2f}" + (f" ({' / '.join(f'{v:.2f}' for v in values)})" if len(values) > 1 else "")
-
-
 def _row(out: Path, name: str, seeds: list[int]) -> list[str]:
     label, expected, remedies = ROWS[name]
     final, best, epochs = [], [], []
@@ -81,8 +77,8 @@ def _row(out: Path, name: str, seeds: list[int]) -> list[str]:
         best.append(_scores(_load(run / "best" / "metrics.json")))
         checkpoint = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
         epochs.append(str(int(checkpoint["epoch"]) + 1))
-    columns = [_cell([s[i] for s in final]) for i in range(3)] + ["/".join(epochs)]
-    return [label, *columns, *(_cell([s[i] for s in best]) for i in range(3))]
+    columns = [seed_cell([s[i] for s in final]) for i in range(3)] + ["/".join(epochs)]
+    return [label, *columns, *(seed_cell([s[i] for s in best]) for i in range(3))]
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from seed_table import seed_cell
 
 # row -> (label, the remedies record's methods)
 ROWS: dict[str, tuple[str, list[str]]] = {
@@ -60,11 +61,6 @@ def _check(run: Path, metrics: dict[str, Any], methods: list[str], seed: int, re
             raise SystemExit(f"{run}: tested on {metrics['test']['num_samples']} images, not the others' number")
 
 
-def _cell(values: list[float]) -> str:
-    mean = sum(values) / len(values)
-    return f"{mean:.2f}" + (f" ({' / '.join(f'{v:.2f}' for v in values)})" if len(values) > 1 else "")
-
-
 def table(runs: Path, seeds: list[int]) -> tuple[list[str], list[str]]:
     """The markdown lines of the table and the rows left out (no finished run)."""
     reference: dict[str, Any] | None = None
@@ -84,7 +80,7 @@ def table(runs: Path, seeds: list[int]) -> tuple[list[str], list[str]]:
         if len(scores) < len(seeds):
             missing.append(f"{name} ({len(scores)} of {len(seeds)} seeds)")
             continue
-        lines.append("| " + " | ".join([label, *(_cell([s[i] for s in scores]) for i in range(2 + TAIL))]) + " |")
+        lines.append("| " + " | ".join([label, *(seed_cell([s[i] for s in scores]) for i in range(2 + TAIL))]) + " |")
     if reference is None:
         raise SystemExit(f"no finished run under {runs} for seeds {seeds}")
     if len(epochs - {None}) > 1:
