@@ -81,11 +81,11 @@ def real_run(run: Path) -> None:
     from imbcompress.deploy import command, ptq
     from imbcompress.deploy.dorefa_int8 import int8_deploy_model
 
-    config = command._read_config(str(run / "config.yaml"))
+    config = command.read_config(str(run / "config.yaml"))
     _, model = command.load_model(str(run / "checkpoints" / "last.ckpt"))
     datamodule = command.build_datamodule(config, None)
     normalize = command.normalizer(datamodule)
-    images, _ = command._test_split(datamodule)
+    images, _ = command.whole_test_set(datamodule)
 
     def logits_of(module: torch.nn.Module) -> torch.Tensor:
         with torch.no_grad():

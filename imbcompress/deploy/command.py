@@ -89,7 +89,8 @@ def _check_run_dir(run_dir: Path) -> None:
     _check_writable_file("run_dir", run_dir / METRICS_FILE)
 
 
-def _read_config(path: str) -> dict[str, Any]:
+def read_config(path: str) -> dict[str, Any]:
+    """A run's config.yaml as a dict (the ``--config`` of ``export`` / ``ptq``)."""
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"config={path!r}: no such file")
@@ -191,7 +192,7 @@ def _int8_inputs(args: argparse.Namespace, config: dict, model: torch.nn.Module)
 def _prepare(args: argparse.Namespace, out: Path, setting: str) -> tuple[dict, Any, torch.nn.Module]:
     """Every check that needs no heavy work, then the model; raises before anything is written."""
     _check_checkpoint(args.ckpt_path)
-    config = _read_config(args.config)
+    config = read_config(args.config)
     if args.calibration_size < 1:
         raise ValueError(f"calibration_size must be >= 1, got {args.calibration_size}")
     _check_writable_file(setting, out)
@@ -243,7 +244,7 @@ def ptq_main(words: list[str]) -> int:
     datamodule, calibration = _int8_inputs(args, config, model)
     record = write_int8(model, run_dir / INT8_FILE, task, calibration)
     normalize = normalizer(datamodule)
-    images, labels = _test_split(datamodule)
+    images, labels = whole_test_set(datamodule)
     logits = ptq.onnx_logits(ptq.session(run_dir / INT8_FILE), images.cpu(), normalize)
     with torch.no_grad():
         source = torch.cat([model(normalize(images[i : i + 500].cpu())) for i in range(0, len(images), 500)])
@@ -260,7 +261,8 @@ def ptq_main(words: list[str]) -> int:
     return 0
 
 
-def _test_split(datamodule: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def whole_test_set(datamodule: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The uint8 images and the labels of the data module's whole (balanced) test set."""
     batches = list(datamodule.test_dataloader())  # uint8 images and labels of the whole balanced test set
     return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
 
