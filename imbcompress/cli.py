@@ -16,7 +16,7 @@ from imbcompress.data import ImbalancedDataModule
 from imbcompress.locks import release_run_dir_locks
 from imbcompress.names import METRICS_FILE
 from imbcompress.restore import check_restore
-from imbcompress.run_dir import FitAttempt
+from imbcompress.run_dir import RunAttempt
 from imbcompress.task import ImbalanceClassifier
 from imbcompress.yamlio import use_for_config_files
 
@@ -58,11 +58,11 @@ class ImbCompressCLI(LightningCLI):
     ``--ckpt_path`` is checked against the built model and callbacks before the run writes anything
     (:func:`~imbcompress.restore.check_restore`), and a fit that fails before its first optimisation step, or a
     validate / test / predict that fails, leaves its run directory as it found it
-    (:class:`~imbcompress.run_dir.FitAttempt`).
+    (:class:`~imbcompress.run_dir.RunAttempt`).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._attempt: FitAttempt | None = None
+        self._attempt: RunAttempt | None = None
         self._checkpoint: tuple[str, dict[str, Any]] | None = None  # --ckpt_path and its content, until checked
         try:
             super().__init__(*args, **kwargs)
@@ -118,10 +118,10 @@ class ImbCompressCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         run_dir = config.get("run_dir")
         if run_dir and self.subcommand == "fit":
-            self._attempt = FitAttempt.begin(run_dir)  # the lock, before anything is written: one fit per directory
+            self._attempt = RunAttempt.begin(run_dir)  # the lock, before anything is written: one fit per directory
         if run_dir and self.subcommand in EVALUATING:
             run_dir = config.run_dir = fresh_run_dir(run_dir, self.subcommand)
-            self._attempt = FitAttempt.begin(run_dir, lock=False)  # a failed evaluation leaves nothing either
+            self._attempt = RunAttempt.begin(run_dir, lock=False)  # a failed evaluation leaves nothing either
         if run_dir:
             config.trainer.default_root_dir = run_dir
             config.trainer.logger = Namespace(

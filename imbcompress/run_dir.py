@@ -21,7 +21,7 @@ REWRITTEN = ("config.yaml", "hparams.yaml", METRICS_FILE)
 """The outputs a fit rewrites when its directory has them already (small: their bytes are kept to put back)."""
 
 
-class FitAttempt:
+class RunAttempt:
     """The run directory of one fit (or evaluation) as found when the fit took its lock (the evaluation began).
 
     Args:
@@ -36,7 +36,7 @@ class FitAttempt:
         self._locked = False
 
     @classmethod
-    def begin(cls, run_dir: str | Path, lock: bool = True) -> FitAttempt | None:
+    def begin(cls, run_dir: str | Path, lock: bool = True) -> RunAttempt | None:
         """Lock ``run_dir`` (:func:`~imbcompress.locks.hold_run_dir_lock`) and record what it holds.
 
         Args:

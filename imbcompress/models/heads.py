@@ -7,14 +7,14 @@ LDAM loss's scale s (30) and margins (largest 0.5) are meant for logits on that 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 ClassifierKind = Literal["linear", "cosine"]
-CLASSIFIER_KINDS: tuple[str, ...] = ("linear", "cosine")
+CLASSIFIER_KINDS: tuple[str, ...] = get_args(ClassifierKind)
 
 
 class CosineLinear(nn.Linear):
