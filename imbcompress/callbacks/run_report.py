@@ -169,5 +169,6 @@ def warn_if_bf16_is_emulated(trainer: Trainer) -> None:
     if precision.startswith("bf16") and on_cpu and cpu_has_native_bf16() is False:
         rank_zero_warn(
             f"trainer.precision={precision} on a CPU without native bf16 (no AVX-512 BF16 / AMX): PyTorch emulates "
-            "it and it runs slower than fp32 here; use --trainer.precision=32-true (configs/trainer/fp32.yaml)"
+            "it and it runs slower than fp32 here; use --trainer.precision=32-true (configs/trainer/cpu_fp32.yaml: "
+            "fp32 that keeps channels-last, faster than NCHW here)"
         )
