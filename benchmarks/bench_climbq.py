@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
-from timing import Step, median_step_seconds, parse_step_args
+from timing import Step, median_step_seconds, parse_step_args, step_batch, step_mode
 from torch import Tensor, nn
 
 from imbcompress.compress.climbq import apply_climbq, clear_class_labels, climbq_record, set_class_labels
@@ -39,9 +39,10 @@ def _model(bits: int | None, channels_last: bool) -> nn.Module:
     return model.train()
 
 
-def make_step(variant: str, bf16: bool) -> Step:
-    """A closure running one optimisation step of ``variant`` (bf16 autocast + channels_last, or fp32)."""
-    model = _model(VARIANTS[variant], channels_last=bf16)
+def make_step(variant: str, mode: str) -> Step:
+    """A closure running one optimisation step of ``variant`` in ``mode`` (``timing.STEP_MODES``)."""
+    bf16, channels_last = step_mode(mode)
+    model = _model(VARIANTS[variant], channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.04, momentum=0.9, weight_decay=1e-4)
     homovar = HomoVarLoss(CLASS_COUNTS) if variant.startswith("climbq+") else None
 
@@ -68,13 +69,11 @@ def _long_tailed_labels(batch_size: int) -> Tensor:
     return torch.multinomial(weights, batch_size, replacement=True, generator=generator)
 
 
-def measure(batch_size: int, repeats: int, steps: int, bf16: bool, clock: Callable[[], float]) -> dict[str, float]:
+def measure(batch_size: int, repeats: int, steps: int, mode: str, clock: Callable[[], float]) -> dict[str, float]:
     """Median seconds per training step of every variant."""
-    images = torch.randn(batch_size, 3, 32, 32)
-    if bf16:
-        images = images.contiguous(memory_format=torch.channels_last)
+    images = step_batch(batch_size, step_mode(mode)[1])
     labels = _long_tailed_labels(batch_size)
-    runs = {variant: make_step(variant, bf16) for variant in VARIANTS}
+    runs = {variant: make_step(variant, mode) for variant in VARIANTS}
     return median_step_seconds(runs, images, labels, repeats, steps, clock)
 
 
@@ -83,7 +82,7 @@ def main() -> None:
     print("| mode | variant | step (ms) | images/s | throughput vs plain |")
     print("|---|---|---|---|---|")
     for mode in args.modes.split(","):
-        seconds = measure(args.batch_size, args.repeats, args.steps, bf16=mode == "bf16", clock=args.clock_fn)
+        seconds = measure(args.batch_size, args.repeats, args.steps, mode, clock=args.clock_fn)
         for variant, value in seconds.items():
             ratio = seconds["plain"] / value
             print(f"| {mode} | {variant} | {1000 * value:.0f} | {args.batch_size / value:.0f} | {ratio:.2f} |")

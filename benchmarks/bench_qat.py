@@ -14,7 +14,7 @@ from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
-from timing import Step, median_step_seconds, parse_step_args
+from timing import Step, median_step_seconds, parse_step_args, step_batch, step_mode
 from torch import Tensor, nn
 
 from imbcompress.compress.distillation import DistillationTerm
@@ -36,11 +36,13 @@ def _model(variant: str, channels_last: bool) -> nn.Module:
     return model.train()
 
 
-def make_step(variant: str, bf16: bool) -> Step:
-    """A closure running one optimisation step of ``variant`` (bf16 autocast + channels_last, or fp32)."""
-    model = _model(variant, channels_last=bf16)
+def make_step(variant: str, mode: str) -> Step:
+    """A closure running one optimisation step of ``variant`` in ``mode`` (``timing.STEP_MODES``)."""
+    bf16, channels_last = step_mode(mode)
+    model = _model(variant, channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4)
-    term = DistillationTerm(_model("plain", bf16), alpha=0.7, temperature=1.0) if variant == "distill" else None
+    teacher = _model("plain", channels_last) if variant == "distill" else None
+    term = DistillationTerm(teacher, alpha=0.7, temperature=1.0) if teacher is not None else None
 
     def step(images: Tensor, labels: Tensor) -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
@@ -64,13 +66,11 @@ class _Context:
         self.inputs, self.logits = inputs, logits
 
 
-def measure(batch_size: int, repeats: int, steps: int, bf16: bool, clock: Callable[[], float]) -> dict[str, float]:
+def measure(batch_size: int, repeats: int, steps: int, mode: str, clock: Callable[[], float]) -> dict[str, float]:
     """Median seconds per training step of every variant."""
-    images = torch.randn(batch_size, 3, 32, 32)
-    if bf16:
-        images = images.contiguous(memory_format=torch.channels_last)
+    images = step_batch(batch_size, step_mode(mode)[1])
     labels = torch.randint(0, 10, (batch_size,))
-    runs = {variant: make_step(variant, bf16) for variant in VARIANTS}
+    runs = {variant: make_step(variant, mode) for variant in VARIANTS}
     return median_step_seconds(runs, images, labels, repeats, steps, clock)
 
 
@@ -79,7 +79,7 @@ def main() -> None:
     print("| mode | variant | step (ms) | images/s | time vs plain |")
     print("|---|---|---|---|---|")
     for mode in args.modes.split(","):
-        seconds = measure(args.batch_size, args.repeats, args.steps, bf16=mode == "bf16", clock=args.clock_fn)
+        seconds = measure(args.batch_size, args.repeats, args.steps, mode, clock=args.clock_fn)
         for variant, value in seconds.items():
             ratio = value / seconds["plain"]
             print(f"| {mode} | {variant} | {1000 * value:.0f} | {args.batch_size / value:.0f} | {ratio:.2f}x |")

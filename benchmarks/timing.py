@@ -16,6 +16,24 @@ from imbcompress.host import cpu_model
 Step = Callable[[Tensor, Tensor], None]
 
 
+STEP_MODES = {"bf16": (True, True), "fp32": (False, False), "fp32_cl": (False, True)}
+"""Training-step modes: name -> (bf16 autocast, channels-last). ``fp32_cl`` is the fast fp32 of a CPU without
+native bf16 (docs/performance.md); ``fp32`` is NCHW."""
+
+
+def step_mode(mode: str) -> tuple[bool, bool]:
+    """``(bf16 autocast, channels-last)`` of a ``--modes`` entry."""
+    if mode not in STEP_MODES:
+        raise SystemExit(f"--modes: unknown mode {mode!r} (allowed: {', '.join(STEP_MODES)})")
+    return STEP_MODES[mode]
+
+
+def step_batch(batch_size: int, channels_last: bool) -> Tensor:
+    """A fixed batch of random 32x32 images, in the layout of the mode."""
+    images = torch.randn(batch_size, 3, 32, 32)
+    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
+
+
 def median_step_seconds(
     runs: dict[str, Step],
     images: Tensor,
@@ -47,7 +65,9 @@ def parse_step_args(description: str, default_modes: str) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (the median is reported)")
     parser.add_argument("--steps", type=int, default=3, help="training steps per timed round")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--modes", default=default_modes, help="comma list of bf16 (autocast + channels_last), fp32")
+    parser.add_argument(
+        "--modes", default=default_modes, help="comma list of bf16 (autocast + channels-last), fp32 (NCHW), fp32_cl"
+    )
     parser.add_argument(
         "--clock",
         choices=("wall", "cpu"),
@@ -55,6 +75,8 @@ def parse_step_args(description: str, default_modes: str) -> argparse.Namespace:
         help="wall: elapsed time; cpu: this process's CPU time (steadier on a shared machine, use with --threads 1)",
     )
     args = parser.parse_args()
+    for mode in args.modes.split(","):
+        step_mode(mode)  # an unknown mode fails before any timing
     torch.set_num_threads(args.threads)
     args.clock_fn = time.perf_counter if args.clock == "wall" else time.process_time
     print(f"# {cpu_model()}, {args.threads} threads, {args.clock} clock, torch {torch.__version__}")
