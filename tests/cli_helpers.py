@@ -67,13 +67,18 @@ def make_learnable_cifar(root: Path, train_per_class: int = 60, test_per_class: 
     return root
 
 
-def run_ddp_fit(args: list[str], run_dir: Path) -> dict[str, Any]:
-    """`imbcompress fit` with 2 CPU processes (DDP over gloo) as a real subprocess; returns its metrics.json."""
+def ddp_fit_process(args: list[str], run_dir: Path) -> subprocess.CompletedProcess[str]:
+    """`imbcompress fit` with 2 CPU processes (DDP over gloo) as a real subprocess, finished or failed."""
     command = [
         sys.executable, "-m", "imbcompress", "fit", f"--config={CONFIGS / 'trainer/ddp_cpu.yaml'}",
         f"--config={CONFIGS / 'model/resnet20.yaml'}", *args, *host_precision(args), f"--run_dir={run_dir}", *QUIET,
     ]  # fmt: skip
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def run_ddp_fit(args: list[str], run_dir: Path) -> dict[str, Any]:
+    """`imbcompress fit` with 2 CPU processes (DDP over gloo) as a real subprocess; returns its metrics.json."""
+    result = ddp_fit_process(args, run_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads((run_dir / "metrics.json").read_text())

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import CONFIGS, QUIET, fake_data_args, fit, host_precision, make_learnable_cifar
+from cli_helpers import CONFIGS, QUIET, ddp_fit_process, fake_data_args, fit, host_precision, make_learnable_cifar
 from fakedata import make_fake_cifar
 
 from imbcompress.cli import run_cli
@@ -161,3 +161,15 @@ def test_a_lock_taken_on_a_file_removed_meanwhile_is_taken_on_the_new_file(
             fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
     finally:
         lock.release()
+
+
+@pytest.mark.slow
+def test_a_ddp_fit_failing_at_setup_leaves_no_run_dir(done: tuple[Path, list[str]], tmp_path: Path) -> None:
+    """Under DDP rank 0 owns the run directory and puts it back; the other rank writes nothing there."""
+    _, args = done
+    data = args[args.index("--data=imbcompress.data.ImbalancedDataModule") :]  # the data and run-length settings
+    remedies = [f"--config={CONFIGS / 'remedies/logit_adjusted.yaml'}", f"--config={CONFIGS / 'remedies/focal.yaml'}"]
+    result = ddp_fit_process([*data, *remedies], tmp_path / "runs" / "new")
+    assert result.returncode != 0
+    assert "LogitAdjustedLoss" in result.stderr and "FocalLoss" in result.stderr, result.stderr[-3000:]
+    assert not (tmp_path / "runs").exists()  # no config.yaml, events file, hparams.yaml or .fit.lock, no folder
