@@ -10,6 +10,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassConfusionMatrix
@@ -170,6 +171,18 @@ class ImbalanceClassifier(LightningModule):
         if self.criterion is not cross_entropy and self.criterion is not criterion:
             raise ValueError(f"the base criterion was already replaced by {self.criterion!r}; only one may replace it")
         self.criterion = criterion
+
+    def on_fit_start(self) -> None:
+        # After every callback's setup, so the base criterion is the one the fit trains with.
+        if self.hparams["classifier"] == "cosine" and getattr(self.criterion, "logit_scale", 1.0) <= 1.0:
+            k = self.num_classes
+            rank_zero_warn(
+                f"model.classifier=cosine with a base loss that does not scale the logits ({_name(self.criterion)}): "
+                f"cosine logits lie in [-1, 1], so the softmax gives the true class at most "
+                f"e^2 / (e^2 + {k - 1}) = {math.exp(2) / (math.exp(2) + k - 1):.2f}. The cosine classifier is meant "
+                "for the LDAM loss with its scale s (configs/remedies/ldam_drw.yaml); otherwise use "
+                "model.classifier=linear"
+            )
 
     def apply_transform(self, record: dict[str, Any]) -> None:
         """Apply a structural compression record to the model and log it for checkpoint replay."""
@@ -332,6 +345,11 @@ class ImbalanceClassifier(LightningModule):
             self._steps_per_epoch(), trainer.max_epochs, trainer.max_steps, hp.warmup_epochs, hp.milestones
         )
         return lr_lambda(hp.scheduler, plan, hp.gamma)
+
+
+def _name(criterion: Callable[..., Any]) -> str:
+    """A criterion's name for a message: its class, or the function's name (cross_entropy)."""
+    return getattr(criterion, "__name__", type(criterion).__name__)
 
 
 def _validate_hparams(**values: float) -> None:

@@ -6,12 +6,14 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from typing_extensions import override
 
 from imbcompress.callbacks.base import CompressionCallback, task_of
 from imbcompress.checkpoint import module_from_checkpoint
 from imbcompress.compress.distillation import DistillationTerm, check_distillation_settings
+from imbcompress.models.heads import classifier_kind
 from imbcompress.task import CompressibleTask, ImbalanceClassifier
 
 TERM_NAME = "distill"
@@ -86,6 +88,14 @@ class KnowledgeDistillation(CompressionCallback):
                 f"classes but the student has {student.num_classes}; the teacher must be trained on the same classes"
             )
         self.teacher_model_name = str(teacher_task.hparams.get("arch"))
+        kinds = classifier_kind(getattr(student, "model", None)), classifier_kind(teacher_task.model)
+        if kinds[0] != kinds[1]:
+            rank_zero_warn(
+                f"KnowledgeDistillation: the student's classifier is {kinds[0]} and the teacher's "
+                f"({self.teacher_checkpoint}) is {kinds[1]}: the KL term compares cosine logits in [-1, 1] with "
+                "unbounded ones, so it cannot reach zero (the student's softmax cannot be as sharp). Distil from a "
+                "teacher with the same classifier (e.g. the FP32 model trained with the same remedy)"
+            )
         return teacher_task.model
 
     def compression_record(self) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from imbcompress.callbacks.loss_remedy import LossRemedy, check_fraction_of_one, check_positive
-from imbcompress.models.heads import CosineLinear
+from imbcompress.models.heads import classifier_kind
 from imbcompress.remedies.losses import LDAMCriterion, class_balanced_weights, ldam_margins
 
 if TYPE_CHECKING:
@@ -110,8 +110,7 @@ class LDAMDRWLoss(LossRemedy):
     def build_criterion(self, trainer: Trainer, class_counts: list[int]) -> Callable[[LossContext], Tensor]:
         max_epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs > 0 else None
         self.drw_start_epoch = self.start_epoch(max_epochs)
-        head = getattr(getattr(trainer.lightning_module, "model", None), "classifier", None)
-        self.classifier = "cosine" if isinstance(head, CosineLinear) else "linear"
+        self.classifier = classifier_kind(getattr(trainer.lightning_module, "model", None))
         if self.classifier == "linear" and self.scale > 1:
             rank_zero_warn(
                 f"LDAMDRWLoss.scale={self.scale} multiplies the unnormalised logits of a plain linear classifier; "

@@ -34,6 +34,11 @@ class CosineLinear(nn.Linear):
             return F.linear(F.normalize(x.float(), dim=1), F.normalize(self.weight.float(), dim=1))
 
 
+def classifier_kind(model: nn.Module | None) -> ClassifierKind:
+    """The kind of ``model.classifier``: "cosine" for a :class:`CosineLinear`, else "linear"."""
+    return "cosine" if isinstance(getattr(model, "classifier", None), CosineLinear) else "linear"
+
+
 def set_classifier(model: nn.Module, kind: str) -> None:
     """Give ``model`` (one with a ``classifier`` ``nn.Linear``) the classifier ``kind``; "linear" keeps it as built."""
     if kind not in CLASSIFIER_KINDS:

@@ -81,13 +81,14 @@ class LDAMCriterion:
 
     Args:
         margins: Per-class margins m_k [K] (:func:`ldam_margins`).
-        scale: The logit scale s.
+        scale: The logit scale s (also :attr:`logit_scale`: the task reads it to tell that this loss is meant for
+            the cosine classifier's logits in [-1, 1]).
         drw_weights: Class weights used once :attr:`reweighting` is switched on (deferred re-weighting).
     """
 
     def __init__(self, margins: Tensor, scale: float, drw_weights: Tensor | None = None) -> None:
         self.margins = margins
-        self.scale = scale
+        self.scale = self.logit_scale = scale
         self.drw_weights = drw_weights
         self.reweighting = False
 

@@ -130,3 +130,10 @@ def test_teacher_with_other_classes_is_an_error_at_setup(tmp_path: Path, teacher
 def test_bad_arguments(teachers: dict[str, str], kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         KnowledgeDistillation(**({"teacher_checkpoint": teachers["fp32"]} | kwargs))
+
+
+def test_a_cosine_student_of_a_linear_teacher_is_warned(teachers: dict[str, str]) -> None:
+    task = _task(channels_last=False, classifier="cosine")
+    kd = KnowledgeDistillation(teachers["fp32"])
+    with pytest.warns(UserWarning, match="the student's classifier is cosine and the teacher's .* is linear"):
+        kd.setup(None, task, "fit")  # type: ignore[arg-type]

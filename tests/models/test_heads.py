@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,6 +11,7 @@ import torch.nn.functional as F
 from imbcompress.compress.dorefa import apply_dorefa, dorefa_record
 from imbcompress.models import build_model
 from imbcompress.models.heads import CosineLinear, set_classifier
+from imbcompress.remedies.losses import LDAMCriterion, ldam_margins
 from imbcompress.task import ImbalanceClassifier
 
 
@@ -65,3 +68,14 @@ def test_a_cosine_model_exports_to_onnx_with_the_same_logits() -> None:
     logits = session.run(None, {session.get_inputs()[0].name: images.numpy()})[0]
     with torch.no_grad():
         assert torch.allclose(torch.from_numpy(logits), model(images), atol=1e-5)
+
+
+def test_a_cosine_classifier_warns_unless_the_loss_scales_its_logits() -> None:
+    task = ImbalanceClassifier(num_classes=10, classifier="cosine")
+    with pytest.warns(UserWarning, match=r"model.classifier=cosine with a base loss .*\(cross_entropy\).* at most "):
+        task.on_fit_start()
+    task.set_criterion(LDAMCriterion(ldam_margins([50, 5], 0.5), scale=30.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        task.on_fit_start()  # LDAM's scale s is what the cosine logits are for
+        ImbalanceClassifier(num_classes=10).on_fit_start()  # a linear classifier never warns
