@@ -3,7 +3,9 @@
 Reads ``<out>/fp32/metrics.json`` and, per row and seed, ``<out>/<row>_s<seed>/metrics.json`` (final epoch),
 ``<out>/<row>_s<seed>/best/metrics.json`` (the checkpoint with the best validation macro-F1) and that checkpoint's
 epoch. Each row's compression record is checked against what the row claims to be, so a mistyped override fails
-here instead of printing a wrong label. Values are percentages: the mean over seeds, then each seed's value.
+here instead of printing a wrong label. Values are percentages: the mean over seeds, then each seed's value. A row
+not yet finished for every seed given (no ``metrics.json``, or no tested best checkpoint) is left out and named on
+stderr, so the table can be read while the comparison still runs.
 
     python3 benchmarks/climbq_comparison_table.py runs/climbq_comparison --seeds 0 1
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +69,11 @@ def _check(run: Path, metrics: dict[str, Any], expected: dict[str, Any], remedie
         raise SystemExit(f"{run}: expected 2-bit weights and activations, got {records[0]}")
 
 
+def _finished(run: Path) -> bool:
+    """Whether a row's run has its final metrics, its validation-selected checkpoint and that checkpoint's test."""
+    return all((run / name).is_file() for name in ("metrics.json", "best/metrics.json", "checkpoints/best.ckpt"))
+
+
 def _row(out: Path, name: str, seeds: list[int]) -> list[str]:
     label, expected, remedies = ROWS[name]
     final, best, epochs = [], [], []
@@ -81,26 +89,40 @@ def _row(out: Path, name: str, seeds: list[int]) -> list[str]:
     return [label, *columns, *(seed_cell([s[i] for s in best]) for i in range(3))]
 
 
+def table(out: Path, seeds: list[int]) -> tuple[list[str], list[str]]:
+    """The lines to print (the data, the FP32 parent, then the markdown table) and the rows left out."""
+    parent = _load(out / "fp32" / "metrics.json")
+    counts, names = parent["train_class_counts"], parent["class_names"]
+    smallest = min(range(len(counts)), key=counts.__getitem__)
+    accuracy, macro_f1, small_f1 = _scores(parent)
+    lines = [
+        f"data: {parent['data'].get('dataset')}, {sum(counts)} training images after a val_fraction = "
+        f"{parent['data'].get('val_fraction')} split; smallest class {names[smallest]} ({counts[smallest]} images)",
+        f"FP32 parent (final epoch): accuracy {accuracy:.2f}, macro-F1 {macro_f1:.2f}, F1 smallest {small_f1:.2f}",
+        "",
+    ]
+    header = ["method", "final: accuracy", "final: macro-F1", "final: F1 smallest class", "best epoch (val)"]
+    header += ["val-best: accuracy", "val-best: macro-F1", "val-best: F1 smallest class"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    missing = []
+    for name in ROWS:
+        done = sum(_finished(out / f"{name}_s{seed}") for seed in seeds)
+        if done < len(seeds):
+            missing.append(f"{name} ({done} of {len(seeds)} seeds)")
+            continue
+        lines.append("| " + " | ".join(_row(out, name, seeds)) + " |")
+    return lines, missing
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="the comparison's output directory")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     args = parser.parse_args()
-    parent = _load(args.out / "fp32" / "metrics.json")
-    counts, names = parent["train_class_counts"], parent["class_names"]
-    smallest = min(range(len(counts)), key=counts.__getitem__)
-    print(
-        f"data: {parent['data'].get('dataset')}, {sum(counts)} training images after a val_fraction = "
-        f"{parent['data'].get('val_fraction')} split; smallest class {names[smallest]} ({counts[smallest]} images)"
-    )
-    accuracy, macro_f1, small_f1 = _scores(parent)
-    print(f"FP32 parent (final epoch): accuracy {accuracy:.2f}, macro-F1 {macro_f1:.2f}, F1 smallest {small_f1:.2f}\n")
-    header = ["method", "final: accuracy", "final: macro-F1", "final: F1 smallest class", "best epoch (val)"]
-    header += ["val-best: accuracy", "val-best: macro-F1", "val-best: F1 smallest class"]
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for name in ROWS:
-        print("| " + " | ".join(_row(args.out, name, args.seeds)) + " |")
+    lines, missing = table(args.out, args.seeds)
+    print("\n".join(lines))
+    if missing:
+        print(f"left out (not finished for every seed): {', '.join(missing)}", file=sys.stderr)
 
 
 if __name__ == "__main__":
