@@ -17,7 +17,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from imbcompress.compress.transforms import TRANSFORMS_KEY, TransformLog
 from imbcompress.metrics import summarize_confusion
-from imbcompress.models.heads import ClassifierKind, set_classifier
+from imbcompress.models.heads import ClassifierKind, classifier_kind, set_classifier
 from imbcompress.models.registry import ArchName, build_model
 from imbcompress.schedule import lr_factor, lr_lambda, plan_steps
 
@@ -174,7 +174,7 @@ class ImbalanceClassifier(LightningModule):
 
     def on_fit_start(self) -> None:
         # After every callback's setup, so the base criterion is the one the fit trains with.
-        if self.hparams["classifier"] == "cosine" and getattr(self.criterion, "logit_scale", 1.0) <= 1.0:
+        if classifier_kind(self.model) == "cosine" and getattr(self.criterion, "logit_scale", 1.0) <= 1.0:
             k = self.num_classes
             rank_zero_warn(
                 f"model.classifier=cosine with a base loss that does not scale the logits ({_name(self.criterion)}): "
