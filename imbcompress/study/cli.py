@@ -15,7 +15,7 @@ from pathlib import Path
 
 from imbcompress.study.attempt import DEFAULT_COMMAND, execute_run
 from imbcompress.study.changes import Changes, describe_changes, find_changes, set_aside
-from imbcompress.study.plan import PLAN_FILE, Plan, expand, load_plan, save_plan
+from imbcompress.study.plan import PLAN_FILE, Plan, expand, load_plan, save_plan, select_run_ids
 from imbcompress.study.scheduler import detect_gpus, run_plan
 from imbcompress.study.slurm import SlurmParams, describe, submit, write_dry_run
 from imbcompress.study.spec import load_study
@@ -39,6 +39,13 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="pack N runs on each visible GPU at once (N x GPUs slots); without GPUs: N runs on the CPU",
+    )
+    run.add_argument(
+        "--only",
+        nargs="+",
+        metavar="GLOB",
+        help="run only the runs whose id matches one of these shell-style patterns (e.g. 'exponential-r100/*') "
+        "and the runs they start from; the others stay pending (local executor)",
     )
     run.add_argument("--executor", choices=["local", "slurm"], default="local")
     run.add_argument("--dry-run", action="store_true", help="print the runs (local) or write sbatch previews (slurm)")
@@ -133,19 +140,26 @@ def _sigterm_exits() -> Iterator[None]:
 
 def _run_local(plan: Plan, args: argparse.Namespace) -> int:
     prefix = _prefix(args.command)
+    only: set[str] | None = args.only_ids
+    runs = [run for run in plan.runs if only is None or run.id in only]
     if args.dry_run:
         _check_changes(plan, args.rerun_changed)
-        for run in plan.runs:
+        for run in runs:
             after = f"  # after {', '.join(run.deps)}" if run.deps else ""
             print(f"{run.id}:{after}\n  {shlex.join(run.command(prefix))}")
-        print(f"{len(plan.runs)} run(s); nothing was started (--dry-run)")
+        print(f"{len(runs)} run(s){_of_plan(only, plan)}; nothing was started (--dry-run)")
         return 0
     with StudyLock(plan.out_dir), _sigterm_exits():  # lock first, so a refused second run changes nothing
         _prepare_out(plan, args)
-        states = run_plan(plan, prefix, jobs=args.jobs, lock=False, restart_corrupt=args.restart_corrupt)
+        states = run_plan(plan, prefix, jobs=args.jobs, lock=False, restart_corrupt=args.restart_corrupt, only=only)
     counts = Counter(states.values())
-    print("study finished: " + ", ".join(f"{state} {counts[state]}" for state in STATES if counts[state]))
+    finished = "study finished" if only is None else f"--only: {len(runs)} run(s){_of_plan(only, plan)} finished"
+    print(f"{finished}: " + ", ".join(f"{state} {counts[state]}" for state in STATES if counts[state]))
     return 0 if counts["done"] == len(states) else FAILED_EXIT
+
+
+def _of_plan(only: set[str] | None, plan: Plan) -> str:
+    return "" if only is None else f" of the study's {len(plan.runs)} (--only, with the runs they start from)"
 
 
 def _run_slurm(plan: Plan, args: argparse.Namespace) -> int:
@@ -179,7 +193,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     """``study run``: validate, expand, then run locally or on SLURM."""
     study = load_study(args.study)
     args.jobs = _slots(args.jobs, args.runs_per_gpu)
+    if args.only and args.executor == "slurm":
+        raise ValueError("--only works with the local executor (--executor local); SLURM submits every unfinished run")
     plan = expand(study, args.out or Path("studies") / study.name)
+    args.only_ids = select_run_ids(plan, args.only) if args.only else None  # a bad pattern fails before any work
     if not args.dry_run:
         _validate(plan, _prefix(args.command))
     return _run_slurm(plan, args) if args.executor == "slurm" else _run_local(plan, args)

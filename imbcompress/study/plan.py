@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -81,6 +82,33 @@ class Plan:
     def by_id(self) -> dict[str, Run]:
         """Runs keyed by id."""
         return {run.id: run for run in self.runs}
+
+
+def select_run_ids(plan: Plan, patterns: list[str]) -> set[str]:
+    """The ids of the runs that match one of ``patterns`` (shell-style globs on run ids, e.g.
+    ``exponential-r100/*`` or ``*@ldam_drw/seed1``) and of every run they start from (dependencies, transitively).
+
+    Raises:
+        ValueError: a pattern matches no run (the message names it and shows what run ids look like).
+    """
+    by_id = plan.by_id()
+    chosen: set[str] = set()
+    for pattern in patterns:
+        matched = {rid for rid in by_id if fnmatch.fnmatchcase(rid, pattern)}
+        if not matched:
+            examples = ", ".join(list(by_id)[:3])
+            raise ValueError(
+                f"--only {pattern!r}: matches no run of study {plan.name!r} (run ids are variant/method/seed, "
+                f"e.g. {examples}; `imbcompress study run STUDY --dry-run` lists them all)"
+            )
+        chosen |= matched
+    stack = list(chosen)
+    while stack:
+        for dep in by_id[stack.pop()].deps:
+            if dep not in chosen:
+                chosen.add(dep)
+                stack.append(dep)
+    return chosen
 
 
 def run_id(variant: Variant | dict, method: str, seed: int, remedy: str = BASELINE) -> str:

@@ -97,6 +97,8 @@ class LocalScheduler:
         gpus: GPU indices to share out (default: detected).
         echo: where progress lines go.
         restart_corrupt: move a corrupt ``last.ckpt`` aside and restart its run from scratch (else the run fails).
+        only: run only these run ids (``study run --only``; :func:`~imbcompress.study.plan.select_run_ids` adds
+            what they start from); None: every run.
     """
 
     plan: Plan
@@ -105,6 +107,7 @@ class LocalScheduler:
     gpus: list[int] | None = None
     echo: Callable[[str], None] = print
     restart_corrupt: bool = False
+    only: set[str] | None = None
 
     def __post_init__(self) -> None:
         self.envs = slot_envs(self.jobs, detect_gpus() if self.gpus is None else self.gpus)
@@ -112,9 +115,10 @@ class LocalScheduler:
         self.gpu_peaks = GpuPeaks()
         self.states: dict[str, str] = {}
         self.active: dict[str, _Active] = {}
+        self.runs = [run for run in self.plan.runs if self.only is None or run.id in self.only]  # in plan order
 
     def _pending(self) -> list[Run]:
-        return [run for run in self.plan.runs if run.id not in self.states and run.id not in self.active]
+        return [run for run in self.runs if run.id not in self.states and run.id not in self.active]
 
     def _block_orphans(self) -> None:
         for run in self._pending():
@@ -170,8 +174,8 @@ class LocalScheduler:
         self.active.clear()
 
     def run(self) -> dict[str, str]:
-        """Execute every unfinished run; returns the final state of each run (done / failed / blocked)."""
-        for run in self.plan.runs:
+        """Execute every unfinished run (of ``only``); returns the final state of each (done / failed / blocked)."""
+        for run in self.runs:
             if is_done(run.dir):
                 self.states[run.id] = "done"
         try:
@@ -185,7 +189,7 @@ class LocalScheduler:
                     time.sleep(POLL_SECONDS)
         finally:
             self._stop_all()
-        return {run.id: self.states.get(run.id, "pending") for run in self.plan.runs}
+        return {run.id: self.states.get(run.id, "pending") for run in self.runs}
 
 
 def run_plan(
@@ -196,12 +200,15 @@ def run_plan(
     echo: Callable[[str], None] = print,
     lock: bool = True,
     restart_corrupt: bool = False,
+    only: set[str] | None = None,
 ) -> dict[str, str]:
-    """Run a plan (see :class:`LocalScheduler`); returns the state of every run.
+    """Run a plan (see :class:`LocalScheduler`); returns the state of every run (of ``only``, when given).
 
-    With ``lock`` the study lock is taken here; pass False when the caller already holds it.
+    With ``lock`` the study lock is taken here; pass False when the caller already holds it. The whole plan is
+    saved either way: ``only`` restricts what this call runs, not what the study is.
     """
-    scheduler = LocalScheduler(plan, list(command_prefix or DEFAULT_COMMAND), jobs, gpus, echo, restart_corrupt)
+    prefix = list(command_prefix or DEFAULT_COMMAND)
+    scheduler = LocalScheduler(plan, prefix, jobs, gpus, echo, restart_corrupt, None if only is None else set(only))
     if not lock:
         save_plan(plan)
         return scheduler.run()

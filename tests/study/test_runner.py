@@ -216,3 +216,29 @@ def test_time_of_an_attempt_lost_with_the_study_is_counted(tmp_path, fake_env, f
     proc = launch(run, fake_prefix)
     assert read_status(run.dir)["total_s"] == 85.0
     assert proc.wait(timeout=60) == 0
+
+
+def test_only_runs_the_matching_runs_and_what_they_start_from(tmp_path, fake_env, fake_prefix, capsys):
+    path, out = write_study(tmp_path, seeds=[0, 1]), tmp_path / "out"
+    command = ["run", str(path), "--out", str(out), "--command", " ".join(fake_prefix)]
+    assert main([*command, "--only", "exponential-r100/prune/seed1", "balanced/fp32/*"]) == 0
+    ran = sorted(Path(call["run_dir"]).relative_to(out / "runs").as_posix() for call in fake_env())
+    assert ran == ["balanced/fp32/seed0", "balanced/fp32/seed1", "exponential-r100/fp32/seed1",
+                   "exponential-r100/prune/seed1"]  # fmt: skip
+    assert "--only: 4 run(s) of the study's 12 (--only, with the runs they start from) finished: done 4" in (
+        capsys.readouterr().out
+    )
+    plan = load_plan(out)
+    assert len(plan.runs) == 12  # the whole study is recorded, not the selection
+    states = plan_states(plan)
+    assert sorted(rid for rid, state in states.items() if state == "done") == ran
+    assert main(command) == 0 and len(fake_env()) == 12  # a plain run then does the other 8, not the 4 again
+
+
+def test_only_refuses_an_unmatched_pattern_and_slurm_before_anything_is_written(tmp_path, fake_env, capsys):
+    path, out = write_study(tmp_path), tmp_path / "out"
+    assert main(["run", str(path), "--out", str(out), "--only", "exponential/*"]) == 2
+    assert "--only 'exponential/*': matches no run of study 'tiny'" in capsys.readouterr().err
+    assert main(["run", str(path), "--out", str(out), "--only", "*", "--executor", "slurm"]) == 2
+    assert "--only works with the local executor" in capsys.readouterr().err
+    assert not out.exists() and fake_env() == []
