@@ -1,11 +1,11 @@
 """The long-tail remedy table of docs/remedies.md: test accuracy, macro-F1 and the F1 of the three smallest classes.
 
 Reads ``<runs>/<row>_s<seed>/metrics.json`` for every row and seed (see the commands in docs/remedies.md, "Measured")
-and checks that each run is what its row says (its ``remedies`` record), that all runs share the training class
-counts and test-set size, that each ran with its seed, and that every fit's config.yaml names the same number of
-epochs. Values are percentages: the mean over
-the seeds given, then each seed's value in parentheses. A row with no finished run for any seed is left out and
-named on stderr.
+and checks that each run is what its row says (its ``remedies`` record), that all runs share the imbalance profile,
+training class counts and test-set size, that each ran with its seed as both the run seed and the subset seed
+(which images the long-tailed subset keeps), and that every fit's config.yaml names the same number of epochs.
+Values are percentages: the mean over the seeds given, then each seed's value in parentheses. A row not finished
+for every seed given is left out and named on stderr.
 
     python3 benchmarks/remedies_table.py runs/remedies --seeds 0 1
 """
@@ -51,10 +51,17 @@ def _check(run: Path, metrics: dict[str, Any], methods: list[str], seed: int, re
     found = [record["method"] for record in metrics.get("remedies", [])]
     if found != methods:
         raise SystemExit(f"{run}: remedies {found} do not match the row's {methods}")
-    if metrics.get("seed") != seed:
-        raise SystemExit(f"{run}: seed {metrics.get('seed')}, expected {seed}")
+    imbalance = dict(metrics.get("imbalance") or {})
+    if metrics.get("seed") != seed or imbalance.pop("seed", seed) != seed:
+        raise SystemExit(
+            f"{run}: seed {metrics.get('seed')} and subset seed {(metrics.get('imbalance') or {}).get('seed')}, "
+            f"expected {seed} for both"
+        )
     if reference is not None:
-        for key in ("train_class_counts", "dataset", "imbalance"):
+        other = {key: value for key, value in (reference.get("imbalance") or {}).items() if key != "seed"}
+        if imbalance != other:  # the same profile; which images a seed keeps may differ
+            raise SystemExit(f"{run}: imbalance {imbalance} differs from the other runs' {other}")
+        for key in ("train_class_counts", "dataset"):
             if metrics.get(key) != reference.get(key):
                 raise SystemExit(f"{run}: {key} {metrics.get(key)} differs from the other runs' {reference.get(key)}")
         if metrics["test"]["num_samples"] != reference["test"]["num_samples"]:

@@ -19,7 +19,7 @@ def _run(root: Path, name: str, seed: int, f1: list[float], remedies: list[str],
     run.mkdir(parents=True)
     metrics = {
         "dataset": "cifar10",
-        "imbalance": {"profile": "exponential"},
+        "imbalance": {"profile": "exponential", "ratio": 100.0, "seed": seed},
         "class_names": ["a", "b", "c", "d"],
         "train_class_counts": COUNTS,
         "seed": seed,
@@ -55,3 +55,18 @@ def test_fits_of_different_lengths_are_refused(tmp_path: Path) -> None:
     _run(tmp_path, "focal", 0, [0.9, 0.8, 0.4, 0.0], ["focal"], epochs=12)
     with pytest.raises(SystemExit, match=r"different numbers of epochs: \[12, 40\]"):
         table(tmp_path, [0])
+
+
+def test_each_run_needs_its_seed_as_run_and_subset_seed_and_the_same_profile(tmp_path: Path) -> None:
+    _run(tmp_path, "ce", 0, [0.9, 0.8, 0.4, 0.0], [])
+    _run(tmp_path, "ce", 1, [0.9, 0.8, 0.6, 0.2], [])  # another subset seed: accepted
+    _run(tmp_path, "focal", 1, [0.9, 0.8, 0.4, 0.0], ["focal"])
+    metrics = json.loads((tmp_path / "focal_s1/metrics.json").read_text())
+    metrics["imbalance"]["seed"] = 0
+    (tmp_path / "focal_s1/metrics.json").write_text(json.dumps(metrics))
+    with pytest.raises(SystemExit, match=r"focal_s1: seed 1 and subset seed 0, expected 1 for both"):
+        table(tmp_path, [0, 1])
+    metrics["imbalance"].update(seed=1, ratio=50.0)
+    (tmp_path / "focal_s1/metrics.json").write_text(json.dumps(metrics))
+    with pytest.raises(SystemExit, match=r"focal_s1: imbalance .*'ratio': 50.0.* differs from the other runs'"):
+        table(tmp_path, [0, 1])
