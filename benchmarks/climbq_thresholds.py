@@ -169,10 +169,14 @@ def main() -> None:
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     keys = ("train_edge", "differ", "outer_train", "outer_test", "outer_eval")
-    for name, row in result["rows"].items():
-        values = [statistics.mean(row[key]) for key in keys]
+    per_map = {name: [statistics.mean(row[key]) for key in keys] for name, row in result["rows"].items()}
+    for name, values in per_map.items():
         cells = [f"{values[0]:.2f}", *(f"{100 * value:.1f} %" for value in values[1:])]
         print(f"| {name} | " + " | ".join(cells) + " |")
+    columns = list(zip(*per_map.values(), strict=True))
+    cells = [f"{statistics.mean(columns[0]):.2f} ({min(columns[0]):.2f}-{max(columns[0]):.2f})"]
+    cells += [f"{100 * statistics.mean(c):.1f} % ({100 * min(c):.1f}-{100 * max(c):.1f})" for c in columns[1:]]
+    print(f"| mean over the {len(per_map)} maps (min-max) | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
