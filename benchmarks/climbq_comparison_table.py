@@ -12,14 +12,12 @@ stderr, so the table can be read while the comparison still runs.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
-from seed_table import seed_cell
+from seed_table import seed_cell, table_main
 
 # row name -> (label, expected compression record fields, expected remedies record)
 CB_REMEDY = [{"method": "class_balanced", "beta": 0.999, "gamma": 0.0}]
@@ -114,16 +112,5 @@ def table(out: Path, seeds: list[int]) -> tuple[list[str], list[str]]:
     return lines, missing
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out", type=Path, help="the comparison's output directory")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    args = parser.parse_args()
-    lines, missing = table(args.out, args.seeds)
-    print("\n".join(lines))
-    if missing:
-        print(f"left out (not finished for every seed): {', '.join(missing)}", file=sys.stderr)
-
-
 if __name__ == "__main__":
-    main()
+    table_main(table, __doc__.splitlines()[0], "the comparison's output directory")

@@ -12,14 +12,12 @@ for every seed given is left out and named on stderr.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
-from seed_table import seed_cell
+from seed_table import seed_cell, table_main
 
 # row -> (label, the remedies record's methods)
 ROWS: dict[str, tuple[str, list[str]]] = {
@@ -99,16 +97,5 @@ def table(runs: Path, seeds: list[int]) -> tuple[list[str], list[str]]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *lines], missing
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", type=Path, help="directory with <row>_s<seed>/metrics.json runs")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    args = parser.parse_args()
-    lines, missing = table(args.runs, args.seeds)
-    print("\n".join(lines))
-    if missing:
-        print(f"left out (not finished for every seed): {', '.join(missing)}", file=sys.stderr)
-
-
 if __name__ == "__main__":
-    main()
+    table_main(table, __doc__.splitlines()[0], "directory with <row>_s<seed>/metrics.json runs")
