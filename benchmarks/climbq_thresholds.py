@@ -18,6 +18,10 @@ An FP32 checkpoint gets `paper`-mode ClimbQ applied before measuring (its BN sta
 never saw quantized features, so its eval column says little); a checkpoint fine-tuned with `paper`-mode ClimbQ
 (`--trainer.callbacks.init_args.mode=paper`) is measured as trained.
 
+It also measures whether the forward pass carries each image's own label in training: accuracy on the training
+batches under the test rule, and under the training rule with the true labels and with them shuffled within the
+batch (either mode; the edge table is printed for `paper` mode only).
+
     python3 benchmarks/climbq_thresholds.py                                 # random init, random images, rho 50
     python3 benchmarks/climbq_thresholds.py --checkpoint RUN/checkpoints/last.ckpt --root /tmp/data/cifar_jpg
 """
@@ -47,10 +51,12 @@ from imbcompress.models import build_model
 RHO50 = [5000, 3237, 2096, 1357, 878, 568, 368, 238, 154, 100]  # CIFAR-10-LT exponential, rho 50
 
 
-def _model(checkpoint: str | None, bits: int) -> nn.Module:
-    """A `paper`-mode ClimbQ model: a checkpoint trained with it, or an FP32 checkpoint (or a random option-B
-    ResNet-20) with it applied."""
+def _model(checkpoint: str | None, bits: int) -> tuple[nn.Module, str]:
+    """A ClimbQ model and its mode: a checkpoint trained with ClimbQ (either mode) as trained, or an FP32 checkpoint
+    (or a random option-B ResNet-20) with `paper`-mode ClimbQ applied. BatchNorm momentum is set to 0, so that the
+    measuring forwards in training mode leave the running statistics as the checkpoint has them."""
     torch.manual_seed(0)
+    mode, records = "paper", []
     if checkpoint is None:
         model = build_model("resnet20", 10, shortcut="B")
     else:
@@ -58,15 +64,41 @@ def _model(checkpoint: str | None, bits: int) -> nn.Module:
 
         task = ImbalanceClassifier.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False)
         model, records = task.model, task.transforms.saved()
-        if records:
-            if [(r.get("kind"), r.get("mode"), r.get("bits")) for r in records] != [("climbq", "paper", bits)]:
-                raise SystemExit(
-                    f"--checkpoint {checkpoint}: give an FP32 checkpoint or one trained with {bits}-bit `paper`-mode "
-                    f"ClimbQ alone; this one has {[r.get('kind') for r in records]}"
-                )
-            return model
-    apply_climbq(model, climbq_record(model, bits, mode="paper"))
-    return model
+        if records and [(r.get("kind"), r.get("bits")) for r in records] != [("climbq", bits)]:
+            raise SystemExit(
+                f"--checkpoint {checkpoint}: give an FP32 checkpoint or one trained with {bits}-bit ClimbQ alone; "
+                f"this one has {[(r.get('kind'), r.get('bits')) for r in records]}"
+            )
+    if records:
+        mode = records[0]["mode"]
+    else:
+        apply_climbq(model, climbq_record(model, bits, mode="paper"))
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.momentum = 0.0
+    return model, mode
+
+
+def label_dependence(model: nn.Module, batches: list[tuple[Tensor, Tensor]], counts: list[int]) -> dict[str, float]:
+    """Accuracy on the batches under the test rule (eval mode, no labels) and under the training rule (training
+    mode, the batch's labels given to the quantizers) with the true labels and with them shuffled within the batch
+    (the same class composition, the wrong label on each image): a gap between the last two is information about
+    each image's own label reaching the forward pass."""
+    generator = torch.Generator().manual_seed(0)
+    right = {"test rule": 0, "training rule, true labels": 0, "training rule, shuffled labels": 0}
+    total = 0
+    with torch.no_grad():
+        for images, labels in batches:
+            model.eval()
+            right["test rule"] += int((model(images).argmax(1) == labels).sum())
+            model.train()
+            shuffled = labels[torch.randperm(len(labels), generator=generator)]
+            for name, given in (("training rule, true labels", labels), ("training rule, shuffled labels", shuffled)):
+                set_class_labels(model, given, counts)
+                right[name] += int((model(images).argmax(1) == labels).sum())
+                clear_class_labels(model)
+            total += len(labels)
+    return {name: value / total for name, value in right.items()}
 
 
 def _batches(args: argparse.Namespace) -> tuple[list[tuple[Tensor, Tensor]], list[int]]:
@@ -108,9 +140,6 @@ def measure(model: nn.Module, batches: list[tuple[Tensor, Tensor]], counts: list
         module.act_quantizer.register_forward_hook(lambda _m, inputs, _o, name=name: seen.__setitem__(name, inputs[0]))
         for name, module in layers.items()
     ]
-    for module in model.modules():  # training-mode forwards must not move the running statistics eval mode uses
-        if isinstance(module, nn.BatchNorm2d):
-            module.momentum = 0.0
     rows: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     class_counts = torch.tensor(counts)
     with torch.no_grad():
@@ -156,13 +185,17 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=4, help="training batches measured (figures are means)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    model = _model(args.checkpoint, args.bits)
+    model, mode = _model(args.checkpoint, args.bits)
     batches, counts = _batches(args)
-    result = measure(model, batches, counts, args.bits)
     print(
-        f"# {args.checkpoint or 'random initialisation'}; {args.root or 'random images'}; {args.bits} bits; "
-        f"{args.batches} batches of {args.batch_size}; class counts {counts}"
+        f"# {args.checkpoint or 'random initialisation'} ({mode} mode); {args.root or 'random images'}; "
+        f"{args.bits} bits; {args.batches} training batches of {args.batch_size}; class counts {counts}"
     )
+    accuracy = label_dependence(model, batches, counts)
+    print("accuracy on these training batches: " + ", ".join(f"{k} {100 * v:.1f} %" for k, v in accuracy.items()))
+    if mode != "paper":
+        return  # the edges below are `paper` mode's; `official` trains with Phi(x / c_i), c_i ~ 1.99, tests with c = 2
+    result = measure(model, batches, counts, args.bits)
     print(f"# test edge (Phi(x)): +-{result['edge']:.3f}")
     header = ["feature map", "train edge |mu_k| + e c_k sigma_k", "levels differ (same BN output)",
               "outer levels, train rule", "outer levels, test rule", "outer levels, test rule on eval BN"]  # fmt: skip
