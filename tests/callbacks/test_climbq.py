@@ -124,7 +124,8 @@ def test_climbq_plus_fit_uses_labels_only_in_training_and_reloads_give_equal_met
 def test_paper_mode_trains_with_class_counts_from_the_datamodule(tmp_path: Path, cifar_root: Path) -> None:
     task = _task(channels_last=False)
     climbq = ClimbQ(bits=3, mode="paper", exclude=["stem.conv"])
-    _trainer(tmp_path, callbacks=[climbq], limit_train_batches=1).fit(task, datamodule=_datamodule(cifar_root))
+    with pytest.warns(UserWarning, match="ClimbQ mode='paper' .* the forward pass carries its label"):
+        _trainer(tmp_path, callbacks=[climbq], limit_train_batches=1).fit(task, datamodule=_datamodule(cifar_root))
     assert climbq.class_counts == TRAIN_COUNTS
     assert type(task.model.stem.conv) is torch.nn.Conv2d and isinstance(task.model.layer1[0].conv1, ClimbQConv2d)
 
