@@ -39,11 +39,11 @@ from torch import Tensor, nn
 from imbcompress.compress.climbq import (
     BatchLabels,
     ClimbQBatchNorm2d,
-    _paper_standardise,
     apply_climbq,
     clear_class_labels,
     climbq_record,
     normal_cdf,
+    paper_standardise,
     set_class_labels,
 )
 from imbcompress.models import build_model
@@ -153,7 +153,7 @@ def measure(model: nn.Module, batches: list[tuple[Tensor, Tensor]], counts: list
             scale = 2.0 - class_counts.double() / class_counts.sum()
             for name, x in seen.items():
                 x = x.double()
-                train_level = _levels(normal_cdf(_paper_standardise(x, stats)), bits)
+                train_level = _levels(normal_cdf(paper_standardise(x, stats)), bits)
                 test_level = _levels(normal_cdf(x), bits)
                 edges = [
                     float(x[labels == k].mean().abs() + edge * scale[k] * x[labels == k].std())
@@ -177,7 +177,9 @@ def measure(model: nn.Module, batches: list[tuple[Tensor, Tensor]], counts: list
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", help="an FP32 checkpoint (option-B ResNet); default: random initialisation")
+    parser.add_argument(
+        "--checkpoint", help="an FP32 or a ClimbQ-trained checkpoint (option-B ResNet); default: random initialisation"
+    )
     parser.add_argument("--root", help="image-folder data root (the shared JPEG copy); default: random images")
     parser.add_argument("--ratio", type=float, default=50, help="exponential imbalance ratio of the training set")
     parser.add_argument("--bits", type=int, default=2)

@@ -140,7 +140,7 @@ class ClimbQActivationQuantizer(nn.Module):
             stats = self._batch_labels(labels)
             if self.mode == "paper":
                 # mu_k and sigma_k depend on x: plain autograd carries their gradients.
-                u = normal_cdf(_paper_standardise(x.to(_compute_dtype(x)), stats))
+                u = normal_cdf(paper_standardise(x.to(_compute_dtype(x)), stats))
                 return ((2.0 * round_ste(u, self.bits) - 1.0) * ACTIVATION_RANGE).to(x.dtype)
             shape = (-1, *([1] * (x.dim() - 1)))
             return _CdfQuantize.apply(x, stats.official_inverse_scale.to(_compute_dtype(x)).view(shape), self.bits)
@@ -226,7 +226,7 @@ class BatchLabels:
         return self._class_batch_counts
 
 
-def _paper_standardise(x: Tensor, stats: BatchLabels) -> Tensor:
+def paper_standardise(x: Tensor, stats: BatchLabels) -> Tensor:
     """(x - mu_y) / (c_y sigma_y) with per-class batch statistics and c_k = 2 - n_k / N."""
     batch_counts = stats.class_batch_counts.to(x.dtype)
     labels, class_counts = stats.labels, stats.class_counts
