@@ -127,6 +127,8 @@ def _batches(args: argparse.Namespace) -> tuple[list[tuple[Tensor, Tensor]], lis
 
 
 def _levels(u: Tensor, bits: int) -> Tensor:
+    """The integer level index of Q_B(u) (``climbq.round_ste``'s forward is this divided by 2^B - 1, computed as
+    u + (level - u), which is not exact in floating point: compare indices, not quantized values)."""
     return torch.round((2**bits - 1) * u)
 
 

@@ -207,8 +207,7 @@ def run_plan(
     With ``lock`` the study lock is taken here; pass False when the caller already holds it. The whole plan is
     saved either way: ``only`` restricts what this call runs, not what the study is.
     """
-    prefix = list(command_prefix or DEFAULT_COMMAND)
-    scheduler = LocalScheduler(plan, prefix, jobs, gpus, echo, restart_corrupt, None if only is None else set(only))
+    scheduler = LocalScheduler(plan, list(command_prefix or DEFAULT_COMMAND), jobs, gpus, echo, restart_corrupt, only)
     if not lock:
         save_plan(plan)
         return scheduler.run()
