@@ -83,6 +83,15 @@ def _parser() -> argparse.ArgumentParser:
     estimate.add_argument(
         "--train-per-class", type=int, default=5000, help="training images per class (default: CIFAR-10's 5000)"
     )
+    adopt = sub.add_parser(
+        "adopt",
+        help="take a finished fit trained outside the study as one of its runs, when its saved configuration is "
+        "the run's up to settings that cannot change the weights (docs/study.md)",
+    )
+    adopt.add_argument("study", help="study YAML file")
+    adopt.add_argument("run_id", help="the study's run, e.g. exponential-r100/fp32/seed0")
+    adopt.add_argument("source", help="the finished fit's run directory (config.yaml, metrics.json, checkpoints/)")
+    adopt.add_argument("--out", help="the study's output directory (default: studies/<study name>)")
     one = sub.add_parser("run-one", help="run one run of a planned study (what a SLURM job executes)")
     one.add_argument("dir", help="study output directory")
     one.add_argument("run_id")
@@ -259,6 +268,27 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_adopt(args: argparse.Namespace) -> int:
+    """``study adopt``: check a finished fit against the planned run, then copy it in (``adopt.py``)."""
+    from imbcompress.study.adopt import adopt, check_adoption
+
+    study = load_study(args.study)
+    plan = expand(study, args.out or Path("studies") / study.name)
+    run = plan.by_id().get(args.run_id)
+    if run is None:
+        raise ValueError(f"run_id: no run {args.run_id!r} in study {plan.name!r} (e.g. {plan.runs[0].id})")
+    source = Path(args.source).resolve()
+    check_adoption(run, source)  # before the study's lock and plan are written
+    args.rerun_changed = False
+    with StudyLock(plan.out_dir):  # not while a `study run` uses the directory
+        _prepare_out(plan, args)
+        record = adopt(run, source)
+    accepted = ", ".join(item["key"] for item in record["accepted_differences"]) or "none"
+    print(f"{run.id}: adopted {source} ({record['steps']} steps; differences that cannot change the weights: "
+          f"{', '.join(record['neutral_differences']) or 'none'}; accepted: {accepted})")  # fmt: skip
+    return 0
+
+
 def cmd_run_one(args: argparse.Namespace) -> int:
     """``study run-one``: one run in the foreground."""
     plan = load_plan(args.dir)
@@ -270,7 +300,10 @@ def cmd_run_one(args: argparse.Namespace) -> int:
     return 0 if state == "done" else FAILED_EXIT
 
 
-COMMANDS = {"run": cmd_run, "status": cmd_status, "report": cmd_report, "plan": cmd_plan, "run-one": cmd_run_one}
+COMMANDS = {
+    "run": cmd_run, "status": cmd_status, "report": cmd_report, "plan": cmd_plan, "run-one": cmd_run_one,
+    "adopt": cmd_adopt,
+}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 
 from imbcompress.host import describe_host, host_text
+from imbcompress.study.adopt import adopted_runs, describe_adoption
 from imbcompress.study.aggregate import GUARD_POINTS, gap_summary, smallest_class_f1
 from imbcompress.study.figures import gap_figure, heatmap_figure
 from imbcompress.study.plan import Plan
@@ -187,6 +188,18 @@ def _remedy_line(plan: Plan) -> list[str]:
     ]
 
 
+def _adopted(plan: Plan) -> list[str]:
+    """The runs taken in with ``study adopt`` (trained outside the study; their time is not in the line above)."""
+    records = adopted_runs(plan.runs)
+    if not records:
+        return []
+    return [
+        f"- Adopted runs ({len(records)}; trained outside the study by the same configuration, their training time "
+        "is not counted above; `study adopt`, docs/study.md):",
+        *(f"  - {describe_adoption(record)}" for record in records.values()),
+    ]
+
+
 def _header(plan: Plan, records: list[dict]) -> list[str]:
     states = plan_states(plan)
     counts = Counter(states.values())
@@ -202,6 +215,7 @@ def _header(plan: Plan, records: list[dict]) -> list[str]:
         f"{host_text(describe_host())}",
         f"- Software of the runs (their metrics.json): {_software(records)}",
         f"- Time: {_timing(plan)}",
+        *_adopted(plan),
         "- Commands (`invocations.log`):",
         "",
         *(f"      {line}" for line in _invocations(plan)),

@@ -50,6 +50,12 @@ def parse_error(args: list[str]) -> str | None:
 
 def parse_fit_args(args: list[str]) -> tuple[Any, str | None]:
     """The parsed configuration of the arguments of ``fit`` (without the word ``fit``), or None and the error."""
+    cli, error = _parse_fit_cli(args)
+    return (None, error) if cli is None else (cli.config, None)
+
+
+def _parse_fit_cli(args: list[str]) -> tuple[Any, str | None]:
+    """The parse-only CLI of the arguments of ``fit`` (its ``parser`` and ``config``), or None and the error."""
     from imbcompress.cli import run_cli
 
     stderr = io.StringIO()
@@ -67,16 +73,36 @@ def parse_fit_args(args: list[str]) -> tuple[Any, str | None]:
         return None, "\n".join(lines)
     finally:
         seed_logger.setLevel(level)
-    return cli.config, None
+    return cli, None
 
 
-def parse_run(run: Run, scratch: Path) -> tuple[Any, str | None]:
-    """One run's parsed configuration (its generated fragment written under ``scratch``), or None and the error."""
+def _fit_args(run: Run, scratch: Path) -> list[str]:
+    """The arguments of ``run``'s fit (without the word ``fit``), its generated fragment written under ``scratch``."""
     fragment = None
     if run.callbacks:
         fragment = scratch / f"{run.id.replace('/', '__')}.yaml"
         fragment.write_text(run.fragment_text())
-    return parse_fit_args(run.command([], fragment=str(fragment) if fragment else None)[1:])  # drop "fit"
+    return run.command([], fragment=str(fragment) if fragment else None)[1:]
+
+
+def parse_run(run: Run, scratch: Path) -> tuple[Any, str | None]:
+    """One run's parsed configuration (its generated fragment written under ``scratch``), or None and the error."""
+    return parse_fit_args(_fit_args(run, scratch))
+
+
+def parsed_yaml(run: Run, scratch: Path) -> dict:
+    """The configuration ``run``'s fit would save as its ``config.yaml`` before writing into it (the parser's dump,
+    as LightningCLI saves it; the run directory's logger is added when the fit starts).
+
+    Raises:
+        ValueError: the run's arguments do not parse.
+    """
+    import yaml
+
+    cli, error = _parse_fit_cli(_fit_args(run, scratch))
+    if cli is None:
+        raise ValueError(f"run {run.id}: its fit configuration does not parse: {error}")
+    return yaml.safe_load(cli.parser.dump(cli.config, skip_none=False))
 
 
 def checked_config(run: Run, scratch: Path) -> tuple[Any, str | None]:
