@@ -123,7 +123,7 @@ def write_long_csv(summary: list[dict], path: Path) -> Path:
 
 def _timing(plan: Plan) -> str:
     statuses = [read_status(run.dir) for run in plan.runs]
-    done = [s for s in statuses if s.get("state") == "done"]
+    done = [s for s in statuses if s.get("state") == "done" and not s.get("adopted_from")]  # adopted: ran elsewhere
     finished_h = sum(float(s.get("total_s") or s.get("duration_s") or 0) for s in done) / 3600
     all_h = sum(float(s.get("total_s") or s.get("duration_s") or 0) for s in statuses) / 3600
     starts = [s["first_started"] for s in statuses if s.get("first_started")]
@@ -133,7 +133,7 @@ def _timing(plan: Plan) -> str:
         hours = (datetime.fromisoformat(max(ends)) - datetime.fromisoformat(min(starts))).total_seconds() / 3600
         span = f"; wall clock {min(starts)} to {max(ends)} ({hours:.2f} h)"
     return (
-        f"{finished_h:.2f} h of run time in the {len(done)} finished run(s) (all attempts), "
+        f"{finished_h:.2f} h of run time in the {len(done)} finished run(s) the study ran (all attempts), "
         f"{all_h:.2f} h including failed attempts{span}"
     )
 

@@ -70,7 +70,9 @@ def test_a_run_trained_by_the_same_configuration_is_adopted_byte_for_byte(traine
     states = plan_states(load_plan(out))
     assert states[RUN] == "done" and states["balanced/pruned/seed0"] == "pending"
     assert main(["report", str(out)]) == 0
-    assert f"`{RUN}` from `{source}`" in (out / "report" / "report.md").read_text()
+    report = (out / "report" / "report.md").read_text()
+    assert f"`{RUN}` from `{source}`" in report
+    assert "in the 0 finished run(s) the study ran" in report  # the adopted run's training time is not the study's
     # a second adoption into the same run is refused and changes nothing
     before = sorted(path.name for path in target.iterdir())
     assert main(["adopt", str(study), RUN, str(source), "--out", str(out)]) == 2
