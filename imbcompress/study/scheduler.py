@@ -53,20 +53,29 @@ def detect_gpus() -> list[int]:
     return list(range(sum(1 for line in listing.splitlines() if line.startswith("GPU "))))
 
 
+def usable_cpus() -> int:
+    """The cores this process may run on: its CPU affinity (``taskset``, a SLURM or cgroup cpuset), which
+    ``os.cpu_count()`` ignores (it counts the whole machine); the machine's count where affinity is unknown."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # no sched_getaffinity (macOS, Windows)
+        return os.cpu_count() or 1
+
+
 def slot_envs(jobs: int, gpus: list[int], cpus: int | None = None) -> list[dict[str, str]]:
     """Environment overrides of each concurrent slot: a share of the CPU threads, or its own GPU(s).
 
     Args:
         jobs: number of runs at once.
         gpus: visible GPU indices; split evenly across slots (a slot may get several for DDP).
-        cpus: CPU cores to share (default: all).
+        cpus: CPU cores to share (default: the cores this process may run on, :func:`usable_cpus`).
 
     Returns:
         One environment dict per slot.
     """
     if jobs < 1:
         raise ValueError(f"jobs: invalid value {jobs} (allowed: an integer >= 1)")
-    threads = max(1, (cpus or os.cpu_count() or 1) // jobs)
+    threads = max(1, (cpus or usable_cpus()) // jobs)
     envs = []
     for slot in range(jobs):
         env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}

@@ -86,6 +86,14 @@ def test_detect_gpus_keeps_a_scheduler_device_list_and_never_imports_torch(tmp_p
     assert detect_gpus() == []
 
 
+def test_slot_envs_share_the_cores_this_process_may_use(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)  # e.g. under `taskset -c 3`
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert slot_envs(1, [])[0]["OMP_NUM_THREADS"] == "1"
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert [env["OMP_NUM_THREADS"] for env in slot_envs(2, [])] == ["2", "2"]
+
+
 def test_slot_envs_share_threads_or_gpus():
     assert slot_envs(2, [], cpus=8)[1] == {"OMP_NUM_THREADS": "4", "MKL_NUM_THREADS": "4"}
     envs = slot_envs(2, [0, 1, 2, 3], cpus=8)
