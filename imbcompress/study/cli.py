@@ -147,9 +147,9 @@ def _sigterm_exits() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _run_local(plan: Plan, args: argparse.Namespace) -> int:
+def _run_local(plan: Plan, args: argparse.Namespace, only: set[str] | None) -> int:
+    """Run the plan's unfinished runs (of ``only``, the ids ``--only`` selected; None: all) on this machine."""
     prefix = _prefix(args.command)
-    only: set[str] | None = args.only_ids
     runs = [run for run in plan.runs if only is None or run.id in only]
     if args.dry_run:
         _check_changes(plan, args.rerun_changed)
@@ -205,10 +205,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.only and args.executor == "slurm":
         raise ValueError("--only works with the local executor (--executor local); SLURM submits every unfinished run")
     plan = expand(study, args.out or Path("studies") / study.name)
-    args.only_ids = select_run_ids(plan, args.only) if args.only else None  # a bad pattern fails before any work
+    only = select_run_ids(plan, args.only) if args.only else None  # a bad pattern fails before any work
     if not args.dry_run:
         _validate(plan, _prefix(args.command))
-    return _run_slurm(plan, args) if args.executor == "slurm" else _run_local(plan, args)
+    return _run_slurm(plan, args) if args.executor == "slurm" else _run_local(plan, args, only)
 
 
 def _validate(plan: Plan, prefix: list[str]) -> None:
