@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny study on disk and the fake fit command."""
+"""Shared fixtures: a tiny study on disk, the fake fit command, and a tiny study of real fits."""
 
 import json
 import sys
@@ -6,8 +6,38 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cli_helpers import host_precision
+from fakedata import make_fake_cifar
 
 FAKE_FIT = str(Path(__file__).with_name("fake_fit.py"))
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write_real_study(folder: Path, name: str, methods: dict, **overrides) -> Path:
+    """A study of real ``imbcompress fit`` runs small enough for a test: ResNet-20, one epoch of 2 batches of 16, on
+    generated CIFAR-10 files (8 training and 2 test images per class) in ``folder/data``; returns its file."""
+    make_fake_cifar(folder / "data", train_per_class=8, test_per_class=2)
+    data = {
+        "data": {"class_path": "imbcompress.data.ImbalancedDataModule", "init_args": {"root": str(folder / "data")}}
+    }
+    (folder / "data.yaml").write_text(yaml.safe_dump(data))
+    study = {
+        "name": name,
+        "base": [str(REPO / "configs/trainer/cpu.yaml"), str(REPO / "configs/model/resnet20.yaml"), "data.yaml"],
+        "args": [
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=2",  # "1" would parse as 1.0: every batch
+            "--trainer.enable_progress_bar=false",
+            "--data.init_args.batch_size=16",
+            *host_precision([]),  # fp32 where bf16 would be emulated (cli_helpers.EMULATED_BF16)
+        ],
+        "methods": methods,
+        "seeds": [0],
+        **overrides,
+    }
+    path = folder / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
 
 
 def write_study(folder: Path, **overrides) -> Path:

@@ -6,8 +6,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cli_helpers import host_precision
-from fakedata import make_fake_cifar
 
 from imbcompress.cli import run_cli
 from imbcompress.locks import RUN_LOCK_FILE
@@ -17,7 +15,8 @@ from imbcompress.study.plan import expand, load_plan
 from imbcompress.study.spec import load_study
 from imbcompress.study.state import plan_states
 
-REPO = Path(__file__).resolve().parents[2]
+from .conftest import REPO, write_real_study
+
 RUN = "balanced/fp32/seed0"
 
 
@@ -26,27 +25,11 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     """A tiny study (FP32 + a pruned child) and a fit of its FP32 run's command in a directory of its own, which
     validated every 3rd epoch instead of every epoch."""
     root = tmp_path_factory.mktemp("adopt")
-    make_fake_cifar(root / "data", train_per_class=8, test_per_class=2)
-    data = {"data": {"class_path": "imbcompress.data.ImbalancedDataModule", "init_args": {"root": str(root / "data")}}}
-    (root / "data.yaml").write_text(yaml.safe_dump(data))
-    study = {
-        "name": "adopt",
-        "base": [str(REPO / "configs/trainer/cpu.yaml"), str(REPO / "configs/model/resnet20.yaml"), "data.yaml"],
-        "args": [
-            "--trainer.max_epochs=1",
-            "--trainer.limit_train_batches=2",
-            "--trainer.enable_progress_bar=false",
-            "--data.init_args.batch_size=16",
-            *host_precision([]),
-        ],
-        "methods": {
-            "fp32": {},
-            "pruned": {"fragments": [str(REPO / "configs/compress/prune_severe.yaml")], "init_from": "fp32"},
-        },
-        "seeds": [0],
+    methods = {
+        "fp32": {},
+        "pruned": {"fragments": [str(REPO / "configs/compress/prune_severe.yaml")], "init_from": "fp32"},
     }
-    path = root / "study.yaml"
-    path.write_text(yaml.safe_dump(study))
+    path = write_real_study(root, "adopt", methods)
     run = expand(load_study(path), root / "unused").by_id()[RUN]
     args = run.command([])
     args[args.index("--run_dir") + 1] = str(root / "elsewhere")

@@ -6,9 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
-from cli_helpers import host_precision
-from fakedata import make_fake_cifar
 
 from imbcompress.study.cli import main
 from imbcompress.study.estimate import Throughput, estimate
@@ -17,9 +14,8 @@ from imbcompress.study.spec import PTQ_CALIBRATIONS, PTQ_DEFAULT_CALIBRATION_SIZ
 from imbcompress.study.state import plan_states
 from imbcompress.study.validate import validate_runs
 
-from .conftest import write_study
+from .conftest import REPO, write_real_study, write_study
 
-REPO = Path(__file__).resolve().parents[2]
 PTQ = {"ptq": {"calibration": "balanced", "calibration_size": 20}, "init_from": "fp32", "label": "PTQ int8", "bits": 8}
 LA = {"callbacks": [{"class_path": "imbcompress.callbacks.LogitAdjustedLoss", "init_args": {"tau": 1.0}}]}
 
@@ -105,28 +101,11 @@ def test_ptq_runs_are_not_parsed_as_fits_and_train_nothing(tmp_path):
 
 @pytest.mark.slow
 def test_ptq_study_end_to_end_on_generated_data(tmp_path, capsys):
-    make_fake_cifar(tmp_path / "data", train_per_class=8, test_per_class=2)
-    init_args = {"root": str(tmp_path / "data")}
-    data = {"data": {"class_path": "imbcompress.data.ImbalancedDataModule", "init_args": init_args}}
-    (tmp_path / "data.yaml").write_text(yaml.safe_dump(data))
-    study = {
-        "name": "ptq",
-        "base": [str(REPO / "configs/trainer/cpu.yaml"), str(REPO / "configs/model/resnet20.yaml"), "data.yaml"],
-        "args": [
-            "--trainer.max_epochs=1",
-            "--trainer.limit_train_batches=2",
-            "--trainer.enable_progress_bar=false",
-            "--data.init_args.batch_size=16",
-            *host_precision([]),  # fp32 where bf16 would be emulated (cli_helpers.EMULATED_BF16)
-        ],
-        "imbalance": [{"profile": "exponential", "ratio": 2}],
-        "methods": {"fp32": {}, "ptq_int8": {"ptq": {"calibration_size": 16}, "init_from": "fp32"}},
-        "seeds": [0],
-    }
-    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
+    methods = {"fp32": {}, "ptq_int8": {"ptq": {"calibration_size": 16}, "init_from": "fp32"}}
+    study = write_real_study(tmp_path, "ptq", methods, imbalance=[{"profile": "exponential", "ratio": 2}])
     out = tmp_path / "out"
     command = f"{sys.executable} -m imbcompress"
-    code = main(["run", str(tmp_path / "study.yaml"), "--out", str(out), "--command", command, "--jobs", "2"])
+    code = main(["run", str(study), "--out", str(out), "--command", command, "--jobs", "2"])
     assert code == 0, capsys.readouterr()
     metrics = json.loads((out / "runs/exponential-r2/ptq_int8/seed0/metrics.json").read_text())
     record = metrics["compression"][0]
