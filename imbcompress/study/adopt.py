@@ -186,13 +186,20 @@ def check_adoption(run: Run, source: Path) -> tuple[Comparison, int]:
     return comparison, steps
 
 
-def adopt(run: Run, source: str | Path) -> dict:
-    """Copy the finished fit ``source`` into ``run``'s directory after :func:`check_adoption`; returns the record.
+def adopt(run: Run, source: str | Path, checked: tuple[Comparison, int] | None = None) -> dict:
+    """Copy the finished fit ``source`` into ``run``'s directory; returns the record.
 
-    The source's fit lock is held while copying (a fit still writing there is refused) and put back after.
+    Args:
+        run: the study's run.
+        source: the finished fit's run directory.
+        checked: what :func:`check_adoption` returned for them, when the caller has just checked (it parses the
+            study's configuration, a few seconds); otherwise checked here.
+
+    The source's fit lock is held while copying (a fit still writing there is refused) and put back after; a
+    source on a read-only file system is copied without it (no fit can be writing there).
     """
     source = Path(source).resolve()
-    comparison, steps = check_adoption(run, source)
+    comparison, steps = checked or check_adoption(run, source)
     record = {
         "run": run.id,
         "source": str(source),
@@ -204,7 +211,12 @@ def adopt(run: Run, source: str | Path) -> dict:
     }
     target = Path(run.dir)
     target.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(source / RUN_LOCK_FILE, f"a fit is using {source}").acquire()
+    lock = FileLock(source / RUN_LOCK_FILE, f"a fit is using {source}")
+    locked = True
+    try:
+        lock.acquire()
+    except PermissionError:  # a read-only source
+        locked = False
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.adopting-", dir=target.parent))
     try:
         shutil.copytree(source, staging, dirs_exist_ok=True,
@@ -218,7 +230,8 @@ def adopt(run: Run, source: str | Path) -> dict:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     finally:
-        lock.release(put_back=True)
+        if locked:
+            lock.release(put_back=True)
     return record
 
 

@@ -278,11 +278,11 @@ def cmd_adopt(args: argparse.Namespace) -> int:
     if run is None:
         raise ValueError(f"run_id: no run {args.run_id!r} in study {plan.name!r} (e.g. {plan.runs[0].id})")
     source = Path(args.source).resolve()
-    check_adoption(run, source)  # before the study's lock and plan are written
+    checked = check_adoption(run, source)  # before the study's lock and plan are written
     args.rerun_changed = False
     with StudyLock(plan.out_dir):  # not while a `study run` uses the directory
         _prepare_out(plan, args)
-        record = adopt(run, source)
+        record = adopt(run, source, checked)
     accepted = ", ".join(item["key"] for item in record["accepted_differences"]) or "none"
     print(f"{run.id}: adopted {source} ({record['steps']} steps; differences that cannot change the weights: "
           f"{', '.join(record['neutral_differences']) or 'none'}; accepted: {accepted})")  # fmt: skip
