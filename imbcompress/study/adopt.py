@@ -46,7 +46,6 @@ NEUTRAL_KEYS = (
     "trainer.enable_progress_bar",
     "trainer.check_val_every_n_epoch",
 )
-STARTS_FROM = ("model.init_args.init_from", "model.init_args.teacher")
 _MISSING = object()
 
 
@@ -169,12 +168,12 @@ def check_adoption(run: Run, source: Path) -> tuple[Comparison, int]:
     target = Path(run.dir)
     if target.exists() and any(target.iterdir()):
         raise ValueError(f"{what}: the study's run directory {target} is not empty (the run started or was adopted)")
+    if run.deps:
+        raise ValueError(
+            f"{what}: the run starts from other runs of the study ({', '.join(run.deps)}: its init_from, teacher "
+            "or quantized checkpoint); only runs that start from nothing can be adopted"
+        )
     planned = planned_config(run)
-    flat = flatten(planned)
-    starts = [key for key in STARTS_FROM if flat.get(key) not in (None, _MISSING)]
-    if starts:
-        raise ValueError(f"{what}: the run starts from another run ({', '.join(starts)}); only runs that start from "
-                         "nothing can be adopted")  # fmt: skip
     adopted = yaml.safe_load((source / RUN_CONFIG).read_text())
     steps = trained_steps(source / LAST_CKPT)
     comparison = compare(planned, adopted, steps)

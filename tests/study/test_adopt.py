@@ -75,7 +75,7 @@ def test_a_run_that_trained_differently_is_refused_with_nothing_written(trained,
     err = capsys.readouterr().err
     assert "model.init_args.lr: the study plans 0.1, the run has 0.05" in err and "nothing was copied" in err
     assert main(["adopt", str(study), "balanced/pruned/seed0", str(source), "--out", str(out)]) == 2
-    assert "starts from another run (model.init_args.init_from)" in capsys.readouterr().err
+    assert f"starts from other runs of the study ({RUN}: its init_from" in capsys.readouterr().err
     assert main(["adopt", str(study), RUN, str(tmp_path), "--out", str(out)]) == 2
     assert "is not a finished fit" in capsys.readouterr().err
     assert main(["adopt", str(study), "balanced/fp32/seed9", str(source), "--out", str(out)]) == 2
