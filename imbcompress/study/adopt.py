@@ -10,8 +10,8 @@ planned configuration for that run, up to settings that cannot change the traine
 - an option the adopted run's configuration does not have (added to imbcompress after it ran), when the study
   plans that option's default (the behaviour the run had).
 
-Any other difference refuses the adoption, listing each. Only runs that start from nothing are adopted (no
-``init_from`` or teacher: their parents' files would differ). The copy lands atomically in the study's run
+Any other difference refuses the adoption, listing each. Only runs that start from nothing are adopted (none of
+the study's runs as ``init_from``, teacher or PTQ source: their parents' files would differ). The copy lands atomically in the study's run
 directory with ``adopted.json`` (source, checks, accepted differences); the report lists adopted runs.
 """
 
