@@ -11,8 +11,9 @@ planned configuration for that run, up to settings that cannot change the traine
   plans that option's default (the behaviour the run had).
 
 Any other difference refuses the adoption, listing each. Only runs that start from nothing are adopted (none of
-the study's runs as ``init_from``, teacher or PTQ source: their parents' files would differ). The copy lands atomically in the study's run
-directory with ``adopted.json`` (source, checks, accepted differences); the report lists adopted runs.
+the study's runs as ``init_from``, teacher or PTQ source: their parents' files would differ). The copy lands
+atomically in the study's run directory with ``adopted.json`` (source, checks, accepted differences); the report
+lists adopted runs.
 """
 
 from __future__ import annotations

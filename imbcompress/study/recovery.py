@@ -1,8 +1,14 @@
-"""The recovery table of a study with remedies: does a remedy give back what compression took, and does it change R?
+"""The tables of a study with remedies: does a remedy give back what compression took, and does it change R?
 
-For every imbalanced variant, one row per (method, remedy other than ``ce``): macro-F1, the smallest class's F1, the
-gap and R of ``method@remedy`` next to the same method trained with plain cross-entropy, and the difference. The
-numbers come from the same per-seed maths as the gap and robustness tables (``aggregate.py``).
+- Recovery: for every imbalanced variant, one row per (method, remedy other than ``ce``): macro-F1, the smallest
+  class's F1, the gap and R of ``method@remedy`` next to the same method trained with plain cross-entropy, and the
+  difference.
+- Compression damage: for every variant, one row per compressed method: what compression costs in macro-F1 and in
+  the smallest class's F1 under each remedy (``method@remedy`` − the reference trained with the same remedy,
+  paired by seed). A remedy reduces the damage on the tail where its tail-F1 difference is nearer 0 than with
+  ``ce``.
+
+The numbers come from the same per-seed maths as the gap and robustness tables (``aggregate.py``).
 """
 
 from __future__ import annotations
@@ -95,4 +101,55 @@ def recovery_tables(records: list[dict], summary: list[dict], variants: list[dic
                 rows.append(row + (["–", "–"] if method == axes.reference else r_cells))
         title = f"Recovery, {variant_label(variant)}"
         tables.append(Table(f"recovery_{variant['key']}", title, _header(axes), rows, _note(axes)))
+    return tables
+
+
+def _paired_cell(values: dict[int, float], baseline: dict[int, float]) -> str:
+    """Mean±std over the seeds both have of ``values - baseline``, in signed points."""
+    seeds = sorted(set(values) & set(baseline))
+    mean, std = mean_std([values[seed] - baseline[seed] for seed in seeds])
+    if math.isnan(mean):
+        return "–"
+    return f"{100 * mean + 0.0:+.1f}" + ("" if math.isnan(std) else f"±{100 * std:.1f}")
+
+
+def damage_tables(records: list[dict], variants: list[dict], axes: Axes) -> list[Table]:
+    """One compression-damage table per variant (none when the study has no remedy besides ``ce``).
+
+    Args:
+        records: as for :func:`recovery_tables`.
+        variants: the plan's variants.
+        axes: the methods and remedies, in report order.
+    """
+    if len(axes.remedies) < 2:
+        return []
+    per_seed = {"f1": metric_by_seed(records), "tail": metric_by_seed(records, "tail_f1")}
+    names = {"f1": "macro-F1", "tail": "tail F1"}
+    header = ["method"] + [
+        f"Δ {names[metric]} ({axes.remedy_labels.get(remedy, remedy)})"
+        for remedy in axes.remedies
+        for metric in ("f1", "tail")
+    ]
+    tables = []
+    for variant in variants:
+        rows = []
+        for method in (m for m in axes.methods if m != axes.reference):
+            row = [axes.method_labels.get(method, method)]
+            for remedy in axes.remedies:
+                key, reference = config_key(method, remedy), config_key(axes.reference, remedy)
+                for metric in ("f1", "tail"):
+                    table = per_seed[metric]
+                    row.append(_paired_cell(table.get((variant["key"], key), {}),
+                                            table.get((variant["key"], reference), {})))  # fmt: skip
+            rows.append(row)
+        reference_label = axes.method_labels.get(axes.reference, axes.reference)
+        note = (
+            f"What compression costs under each remedy: the method trained with the remedy − `{axes.reference}` "
+            f"({reference_label}) trained with the same remedy, paired by seed, mean±std over seeds in points "
+            "(negative = compression lost F1). Tail F1 = F1 of the class with the fewest training images. A remedy "
+            f"reduces the compression damage on the tail where its Δ tail F1 is nearer 0 than with "
+            f"{axes.remedy_labels.get(BASELINE, BASELINE)}; the recovery table has the levels."
+        )
+        title = f"Compression damage by remedy, {variant_label(variant)}"
+        tables.append(Table(f"damage_{variant['key']}", title, header, rows, note))
     return tables

@@ -16,7 +16,7 @@ from imbcompress.study.adopt import adopted_runs, describe_adoption
 from imbcompress.study.aggregate import GUARD_POINTS, gap_summary, smallest_class_f1
 from imbcompress.study.figures import gap_figure, heatmap_figure
 from imbcompress.study.plan import Plan
-from imbcompress.study.recovery import Axes, recovery_tables
+from imbcompress.study.recovery import Axes, damage_tables, recovery_tables
 from imbcompress.study.remedies import BASELINE, config_key
 from imbcompress.study.state import INVOCATIONS_FILE, STATES, plan_states, read_metrics, read_status
 from imbcompress.study.tables import Table, gap_tables, metric_tables, robustness_tables, size_table
@@ -275,6 +275,7 @@ def _tables(plan: Plan, records: list[dict], summary: list[dict]) -> list[Table]
         *gap_tables(summary, plan.variants, configs, labels),
         *robustness_tables(summary, plan.variants, configs, plan.reference, labels, set(references.values())),
         *recovery_tables(records, summary, plan.variants, axes),
+        *damage_tables(records, plan.variants, axes),
         *metric_tables(records, plan.variants, configs, bits, "accuracy", labels),
         *metric_tables(records, plan.variants, configs, bits, "macro_f1", labels),
         size_table(sizes, method_names(plan), plan.reference, method_labels(plan)),

@@ -87,6 +87,20 @@ def test_recovery_table_numbers(study_dir):
     assert list(rows(out / "model_size.csv", "method")) == ["FP32", "q"]  # a remedy does not change the size
 
 
+def test_damage_table_numbers(study_dir):
+    assert main(["report", study_dir.out_dir]) == 0
+    out = Path(study_dir.out_dir) / "report"
+    q = rows(out / "damage_exponential-r100.csv", "method")["q"]
+    # ce: 0.49 - 0.60, 0.52 - 0.72 = -11, -20 points; LA: 0.576 - 0.70, 0.64 - 0.77 = -12.4, -13 points; the tail
+    # offsets are the same for both runs of a remedy, so the tail differences equal the macro-F1 ones
+    assert (q["Δ macro-F1 (cross-entropy)"], q["Δ tail F1 (cross-entropy)"]) == ("-15.5±6.4", "-15.5±6.4")
+    assert (q["Δ macro-F1 (LA)"], q["Δ tail F1 (LA)"]) == ("-12.7±0.4", "-12.7±0.4")
+    balanced = rows(out / "damage_balanced.csv", "method")
+    assert list(balanced) == ["q"]  # the reference has no row
+    assert (balanced["q"]["Δ macro-F1 (cross-entropy)"], balanced["q"]["Δ tail F1 (LA)"]) == ("-10.0±0.0", "-8.0±0.0")
+    assert "### Compression damage by remedy, exponential ρ=100" in (out / "report.md").read_text()
+
+
 def test_recovery_table_of_a_partial_study(study_dir):
     runs = study_dir.by_id()
     (Path(runs["exponential-r100/q@la/seed1"].dir) / "metrics.json").unlink()
@@ -99,6 +113,8 @@ def test_recovery_table_of_a_partial_study(study_dir):
     assert (q["gap"], q["Δ gap"]) == ("20.0", "-10.0")
     assert (q["R"], q["R (cross-entropy)"]) == ("–", "1.44")  # no balanced FP32 + LA: no reference gap
     assert "Partial study: 13 of 16 runs have results." in (out / "report.md").read_text()
+    damage = rows(out / "damage_exponential-r100.csv", "method")["q"]
+    assert damage["Δ macro-F1 (LA)"] == "-12.4"  # seed 0 only: no std
 
 
 def test_smallest_class_and_paired_difference():
