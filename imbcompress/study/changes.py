@@ -61,6 +61,21 @@ def _digest_diff(old: dict, new: dict) -> list[str]:
     return [f"config file {path} has changed content" for path in old if path in new and old[path] != new[path]]
 
 
+def _contents(run: Run) -> list[str] | None:
+    """The SHA-256 of each of the run's config files in order, or None when the plan did not record them all."""
+    digests = [run.config_sha256.get(path) for path in run.configs]
+    return None if None in digests else [digest for digest in digests if digest is not None]
+
+
+def _configs_diff(old: Run, new: Run) -> list[str]:
+    """How the config files changed. The same contents in the same order are the same configs even at other paths
+    (the checkout was moved, or another worktree of the same commit runs the study)."""
+    before, after = _contents(old), _contents(new)
+    if before is not None and after is not None and before == after:
+        return []
+    return _list_diff("configs", old.configs, new.configs) + _digest_diff(old.config_sha256, new.config_sha256)
+
+
 def definition_diff(old: Run, new: Run) -> list[str]:
     """Lines describing how ``new`` differs from ``old`` (empty when they are the same run).
 
@@ -68,8 +83,7 @@ def definition_diff(old: Run, new: Run) -> list[str]:
     arguments); a PTQ run's calibration settings and source checkpoint are its arguments.
     """
     lines = [f"command: was {old.kind!r}, now {new.kind!r}"] if old.kind != new.kind else []
-    lines += _list_diff("configs", old.configs, new.configs)
-    lines += _digest_diff(old.config_sha256, new.config_sha256)
+    lines += _configs_diff(old, new)
     lines += _list_diff("inline callbacks", old.callbacks, new.callbacks)
     lines += _list_diff("args", old.args, new.args)
     return lines + _list_diff("depends on", old.deps, new.deps)

@@ -38,6 +38,21 @@ def test_unchanged_rerun_and_added_runs_still_work(tmp_path, fake_env, fake_pref
     assert len(fake_env()) == 12
 
 
+def test_the_same_study_from_another_checkout_is_not_a_change(tmp_path, fake_env, fake_prefix, capsys):
+    """The config files at other paths with the same contents (a moved repository, another worktree)."""
+    out = tmp_path / "out"
+    for name in ("one", "two", "three"):
+        (tmp_path / name).mkdir()
+    assert run_study(write_study(tmp_path / "one"), out, fake_prefix) == 0
+    assert run_study(write_study(tmp_path / "two"), out, fake_prefix) == 0
+    assert len(fake_env()) == 6  # nothing ran again
+    assert str(tmp_path / "two" / "frags") in (out / "plan.json").read_text()  # the plan names the files it used now
+    path = write_study(tmp_path / "three")
+    (tmp_path / "three" / "frags" / "prune.yaml").write_text("trainer: {max_epochs: 9}\n")
+    assert run_study(path, out, fake_prefix) == 2
+    assert "changes the definition of 2 run(s)" in capsys.readouterr().err
+
+
 def test_changed_fragment_content_counts_as_a_change(tmp_path, fake_env, fake_prefix, capsys):
     out = tmp_path / "out"
     path = write_study(tmp_path)
