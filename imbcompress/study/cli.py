@@ -227,6 +227,8 @@ def _note(state: str, status: dict) -> str:
         return ": ".join([status.get("error") or "", *last])[:160]
     if state == "pending" and status.get("state") in ("running", "interrupted"):
         return "interrupted; resumes from last.ckpt"
+    if status.get("adopted_from"):
+        return f"adopted from {status['adopted_from']} (study adopt)"
     return ""
 
 

@@ -52,6 +52,8 @@ def test_a_run_trained_by_the_same_configuration_is_adopted_byte_for_byte(traine
     assert (source / RUN_LOCK_FILE).read_text() == lock_text  # the source's lock is put back as found
     states = plan_states(load_plan(out))
     assert states[RUN] == "done" and states["balanced/pruned/seed0"] == "pending"
+    assert main(["status", str(out)]) == 0
+    assert f"adopted from {source} (study adopt)" in capsys.readouterr().out
     assert main(["report", str(out)]) == 0
     report = (out / "report" / "report.md").read_text()
     assert f"`{RUN}` from `{source}`" in report
