@@ -76,13 +76,18 @@ def _lightning_cli(words: list[str], from_command_line: bool) -> None:
 def settings_error_cause(err: BaseException) -> BaseException | None:
     """The exception to report in one line if ``err`` is a bad setting, else None (a bug: keep the traceback).
 
-    jsonargparse wraps an error of a class's ``__init__`` in its own ``ValueError``; the innermost ``ValueError`` or
-    ``FileNotFoundError`` of the chain is the one that names the setting.
+    jsonargparse wraps an error of a class's ``__init__`` in its own ``ValueError``. The innermost
+    :class:`~imbcompress.errors.SettingsError` of the chain names the setting; its cause may itself be a
+    ``ValueError`` (e.g. the ``UnicodeDecodeError`` of a corrupt file) that does not, so it is never preferred to
+    one. Without a ``SettingsError``, the innermost ``ValueError`` or ``FileNotFoundError`` is reported.
     """
     from imbcompress.errors import SettingsError
 
     chain = _exception_chain(err)
-    if not any(isinstance(item, SettingsError) for item in chain) and _raised_in_loop(err.__traceback__):
+    ours = [item for item in chain if isinstance(item, SettingsError)]
+    if ours:
+        return ours[-1]
+    if _raised_in_loop(err.__traceback__):
         return None
     relevant = [item for item in chain if isinstance(item, (ValueError, FileNotFoundError))]
     return relevant[-1] if relevant else err
