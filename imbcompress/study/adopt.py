@@ -18,7 +18,6 @@ lists adopted runs.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import json
 import os
@@ -33,6 +32,7 @@ import yaml
 from imbcompress.atomic import write_json_atomic
 from imbcompress.locks import RUN_LOCK_FILE, FileLock
 from imbcompress.study.plan import RUN_CONFIG, Run
+from imbcompress.study.remedy_check import import_class
 from imbcompress.study.spec import LAST_CKPT
 from imbcompress.study.state import LOCK_FILE, STATUS_FILE, is_done, now, update_status
 
@@ -92,10 +92,10 @@ def _default_of(planned: dict[str, Any], key: str) -> Any:
     class_path = planned.get(f"{owner}.class_path")
     if not sep or "." in name or not isinstance(class_path, str):
         return _MISSING
-    module, _, attr = class_path.rpartition(".")
+    cls = import_class(class_path)
     try:
-        parameter = inspect.signature(getattr(importlib.import_module(module), attr)).parameters.get(name)
-    except (ImportError, AttributeError, TypeError, ValueError):
+        parameter = None if cls is None else inspect.signature(cls).parameters.get(name)
+    except (TypeError, ValueError):  # no signature to read
         return _MISSING
     if parameter is None or parameter.default is inspect.Parameter.empty:
         return _MISSING

@@ -117,10 +117,14 @@ def gap_summary(records: list[dict], reference: str | dict[str, str], guard_poin
     return rows
 
 
+def paired_differences(values: dict[int, float], baseline: dict[int, float]) -> list[float]:
+    """``values - baseline`` for each seed both have, in seed order."""
+    return [values[seed] - baseline[seed] for seed in sorted(set(values) & set(baseline))]
+
+
 def paired_difference(values: dict[int, float], baseline: dict[int, float]) -> float:
     """Mean over the seeds both have of ``values - baseline`` (a NaN difference left out; NaN when none is left)."""
-    seeds = sorted(set(values) & set(baseline))
-    return mean_std([values[s] - baseline[s] for s in seeds])[0] if seeds else math.nan
+    return mean_std(paired_differences(values, baseline))[0]
 
 
 def smallest_class_f1(per_class_f1: list[float], train_counts: list[int]) -> float:

@@ -63,8 +63,9 @@ def _digest_diff(old: dict, new: dict) -> list[str]:
 
 def _contents(run: Run) -> list[str] | None:
     """The SHA-256 of each of the run's config files in order, or None when the plan did not record them all."""
-    digests = [run.config_sha256.get(path) for path in run.configs]
-    return None if None in digests else [digest for digest in digests if digest is not None]
+    if not all(path in run.config_sha256 for path in run.configs):
+        return None
+    return [run.config_sha256[path] for path in run.configs]
 
 
 def _configs_diff(old: Run, new: Run) -> list[str]:

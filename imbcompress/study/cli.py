@@ -118,9 +118,10 @@ def _check_changes(plan: Plan, rerun_changed: bool) -> tuple[Plan | None, Change
     return previous, changes
 
 
-def _prepare_out(plan: Plan, args: argparse.Namespace) -> None:
+def _prepare_out(plan: Plan, argv: list[str], rerun_changed: bool) -> None:
+    """Check the previous plan of ``--out`` (:func:`_check_changes`), log the command, write the plan and study."""
     out = Path(plan.out_dir)
-    previous, changes = _check_changes(plan, args.rerun_changed)
+    previous, changes = _check_changes(plan, rerun_changed)
     if previous is not None and changes.changed:
         target = set_aside(previous, changes.affected())
         print(f"--rerun-changed: moved {len(changes.affected())} run(s) and the previous plan to {target}")
@@ -128,7 +129,7 @@ def _prepare_out(plan: Plan, args: argparse.Namespace) -> None:
         print(f"note: {len(changes.dropped)} run(s) of the previous plan are no longer in the study (kept on disk)")
     out.mkdir(parents=True, exist_ok=True)
     with open(out / INVOCATIONS_FILE, "a") as handle:
-        handle.write(f"{now()}  cwd={Path.cwd()}  imbcompress study {shlex.join(args.argv)}\n")
+        handle.write(f"{now()}  cwd={Path.cwd()}  imbcompress study {shlex.join(argv)}\n")
     save_plan(plan)
     if Path(plan.study_path).is_file():
         shutil.copyfile(plan.study_path, out / "study.yaml")
@@ -159,7 +160,7 @@ def _run_local(plan: Plan, args: argparse.Namespace, only: set[str] | None) -> i
         print(f"{len(runs)} run(s){_of_plan(only, plan)}; nothing was started (--dry-run)")
         return 0
     with StudyLock(plan.out_dir), _sigterm_exits():  # lock first, so a refused second run changes nothing
-        _prepare_out(plan, args)
+        _prepare_out(plan, args.argv, args.rerun_changed)
         states = run_plan(plan, prefix, jobs=args.jobs, lock=False, restart_corrupt=args.restart_corrupt, only=only)
     counts = Counter(states.values())
     finished = "study finished" if only is None else f"--only: {len(runs)} run(s){_of_plan(only, plan)} finished"
@@ -176,7 +177,7 @@ def _run_slurm(plan: Plan, args: argparse.Namespace) -> int:
         partition=args.slurm_partition, time_min=args.slurm_time_min, cpus_per_run=args.slurm_cpus,
         gpus_per_run=args.slurm_gpus, mem_gb=args.slurm_mem_gb, restart_corrupt=args.restart_corrupt,
     )  # fmt: skip
-    _prepare_out(plan, args)
+    _prepare_out(plan, args.argv, args.rerun_changed)
     prefix = shlex.split(args.command) if args.command else None
     if args.dry_run:
         print(describe(write_dry_run(plan, params, prefix)))
@@ -281,9 +282,8 @@ def cmd_adopt(args: argparse.Namespace) -> int:
         raise ValueError(f"run_id: no run {args.run_id!r} in study {plan.name!r} (e.g. {plan.runs[0].id})")
     source = Path(args.source).resolve()
     checked = check_adoption(run, source)  # before the study's lock and plan are written
-    args.rerun_changed = False
     with StudyLock(plan.out_dir):  # not while a `study run` uses the directory
-        _prepare_out(plan, args)
+        _prepare_out(plan, args.argv, rerun_changed=False)
         record = adopt(run, source, checked)
     accepted = ", ".join(item["key"] for item in record["accepted_differences"]) or "none"
     print(f"{run.id}: adopted {source} ({record['steps']} steps; differences that cannot change the weights: "

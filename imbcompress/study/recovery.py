@@ -16,7 +16,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from imbcompress.study.aggregate import BALANCED, mean_std, metric_by_seed, paired_difference, seed_gaps
+from imbcompress.study.aggregate import (
+    BALANCED,
+    mean_std,
+    metric_by_seed,
+    paired_difference,
+    paired_differences,
+    seed_gaps,
+)
 from imbcompress.study.remedies import BASELINE, config_key
 from imbcompress.study.tables import Table, fmt, variant_label
 
@@ -106,11 +113,8 @@ def recovery_tables(records: list[dict], summary: list[dict], variants: list[dic
 
 def _paired_cell(values: dict[int, float], baseline: dict[int, float]) -> str:
     """Mean±std over the seeds both have of ``values - baseline``, in signed points."""
-    seeds = sorted(set(values) & set(baseline))
-    mean, std = mean_std([values[seed] - baseline[seed] for seed in seeds])
-    if math.isnan(mean):
-        return "–"
-    return f"{100 * mean + 0.0:+.1f}" + ("" if math.isnan(std) else f"±{100 * std:.1f}")
+    mean, std = mean_std(paired_differences(values, baseline))
+    return _delta(mean) + ("" if math.isnan(std) else f"±{100 * std:.1f}")
 
 
 def damage_tables(records: list[dict], variants: list[dict], axes: Axes) -> list[Table]:
