@@ -222,7 +222,7 @@ def adopt(run: Run, source: str | Path, checked: tuple[Comparison, int] | None =
         shutil.copytree(source, staging, dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns(RUN_LOCK_FILE, LOCK_FILE, STATUS_FILE))  # fmt: skip
         write_json_atomic(staging / ADOPTED_FILE, record)
-        update_status(staging, state="done", adopted_from=str(source), ended=record["adopted"])
+        update_status(staging, state="done", adopted_from=str(source))  # no start or end: it trained elsewhere
         if target.exists():
             target.rmdir()  # empty (checked): replaced by the complete copy in one rename
         os.replace(staging, target)
