@@ -20,6 +20,10 @@
 #   bash benchmarks/climbq_comparison.sh [OUT_DIR]
 #   FP32_EPOCHS=60 FT_EPOCHS=30 SEEDS="0 1" VAL_FRACTION=0.1 bash benchmarks/climbq_comparison.sh runs/climbq_cmp
 #   CLIMBQ_COMPARISON_TINY=1 bash benchmarks/climbq_comparison.sh /tmp/climbq_tiny   # 1 epoch, 2 batches: a smoke test
+#   ROWS="climbq_cb_remedy climbq_cb" bash benchmarks/climbq_comparison.sh runs/climbq_cmp   # these rows, in this order
+#
+# ROWS (default: all, in the order above) splits the work between processes or machines that share OUT_DIR: a run
+# directory takes one fit at a time (a second fit of it is refused), so give each process disjoint rows.
 #
 # Resumable: a run whose metrics.json exists is skipped; a run with checkpoints/last.ckpt continues from it.
 # Extra arguments for every run (e.g. a GPU trainer): EXTRA_ARGS="--trainer.accelerator=gpu --trainer.devices=1".
@@ -31,6 +35,14 @@ fp32_epochs=${FP32_EPOCHS:-60}
 ft_epochs=${FT_EPOCHS:-30}
 seeds=${SEEDS:-"0 1"}
 val_fraction=${VAL_FRACTION:-0.1}
+all_rows="dorefa_w2a2 climbq_stem_fp climbq climbqplus_official climbqplus_paper climbq_cb climbq_cb_remedy"
+selected=${ROWS:-$all_rows}
+for name in $selected; do
+  if [[ " $all_rows " != *" $name "* ]]; then
+    echo "ROWS=${ROWS@Q}: unknown row '$name'; allowed: $all_rows" >&2
+    exit 2
+  fi
+done
 read -r -a extra <<<"${EXTRA_ARGS:-}"
 [ -n "${PRECISION:-}" ] && extra+=(--trainer.precision="$PRECISION")
 limits=()
@@ -96,6 +108,7 @@ test_best() {  # test_best NAME: test the validation-selected checkpoint into $o
 
 fit fp32 --trainer.max_epochs="$fp32_epochs" --seed_everything=0
 for seed in $seeds; do
+  declare -A row_args=()
   rows=(
     "dorefa_w2a2 --config configs/compress/dorefa_a3w3.yaml --trainer.callbacks.init_args.weight_bits=2
      --trainer.callbacks.init_args.activation_bits=2"
@@ -108,8 +121,12 @@ for seed in $seeds; do
   )
   for row in "${rows[@]}"; do
     read -r -d "" -a words <<<"$row" || true  # the row may span lines
-    fit "${words[0]}_s$seed" "${finetune[@]}" "${words[@]:1}" --seed_everything="$seed"
-    test_best "${words[0]}_s$seed"
+    row_args[${words[0]}]="${words[*]:1}"
+  done
+  for name in $selected; do
+    read -r -a args <<<"${row_args[$name]}"
+    fit "${name}_s$seed" "${finetune[@]}" "${args[@]}" --seed_everything="$seed"
+    test_best "${name}_s$seed"
   done
 done
 

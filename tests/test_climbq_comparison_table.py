@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -73,3 +74,13 @@ def test_a_run_that_is_not_what_its_row_says_is_refused(out: Path) -> None:
     _run(out, "climbq", 0, [0.8, 0.6, 0.4, 0.0], [0.8, 0.6, 0.4, 0.2], epoch=6, homovar=True, exclude=None)
     with pytest.raises(SystemExit, match=r"climbq_s0: compression record .* does not match the row's settings"):
         table(out, [0])
+
+
+def test_the_comparison_script_refuses_an_unknown_row_before_writing_anything(tmp_path: Path) -> None:
+    script = Path(__file__).resolve().parents[1] / "benchmarks/climbq_comparison.sh"
+    out = tmp_path / "cmp"
+    env = {"PATH": "/usr/bin:/bin", "ROWS": "climbq climbq_plus"}
+    done = subprocess.run(["bash", str(script), str(out)], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "ROWS='climbq climbq_plus': unknown row 'climbq_plus'; allowed: dorefa_w2a2 climbq_stem_fp" in done.stderr
+    assert not out.exists()
