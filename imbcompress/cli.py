@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from imbcompress.callbacks.run_report import PREDICTIONS_FILE, RunReport
 from imbcompress.checkpoint import load_checkpoint_file, secure_subcommand_config
 from imbcompress.data import ImbalancedDataModule
+from imbcompress.host import code_revision
 from imbcompress.locks import release_run_dir_locks
 from imbcompress.names import METRICS_FILE
 from imbcompress.restore import check_restore
@@ -115,6 +116,7 @@ class ImbCompressCLI(LightningCLI):
         self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
 
     def before_instantiate_classes(self) -> None:
+        code_revision()  # asked now, so metrics.json names the code this command loaded, not a checkout moved since
         config = self.config[self.subcommand] if self.subcommand else self.config
         run_dir = config.get("run_dir")
         if run_dir and self.subcommand == "fit":

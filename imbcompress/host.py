@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
+import subprocess
+from pathlib import Path
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the checkout's root when imbcompress runs from one
 
 
 def _cpuinfo_lines() -> list[str]:
@@ -46,3 +51,40 @@ def host_text(host: dict) -> str:
     """One line for a report: ``AMD EPYC, 2 CPU(s), Linux, Python 3.11.7`` (plus the GPU when there was one)."""
     text = f"{host.get('cpu')}, {host.get('cpu_count')} CPU(s), {host.get('system')}, Python {host.get('python')}"
     return text + (f", GPU {host['gpu']}" if host.get("gpu") else "")
+
+
+def git_revision(root: Path) -> dict[str, object] | None:
+    """``{"commit": HEAD, "dirty": tracked files differ from HEAD}`` of the git checkout whose top level is ``root``.
+
+    None when ``root`` is not the top of a git work tree (an installed package, even one inside another repository's
+    tree, such as a virtual environment in a checkout) or git cannot answer. Untracked files do not count as dirty.
+    """
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30, check=True)
+        return done.stdout
+
+    try:
+        if Path(git("rev-parse", "--show-toplevel").strip()).resolve() != root.resolve():
+            return None
+        commit = git("rev-parse", "HEAD").strip()
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no").strip())
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "dirty": dirty}
+
+
+@functools.cache
+def code_revision() -> dict[str, object] | None:
+    """The commit of the imbcompress checkout this process runs, for ``metrics.json`` (None: not a checkout).
+
+    Cached: a command asks at its start, so a checkout moved while a long fit trains does not relabel it.
+    """
+    return git_revision(PACKAGE_ROOT)
+
+
+def revision_text(code: dict | None, missing: str = "not recorded") -> str:
+    """``commit 1a2b3c4d5e6f`` (``, with uncommitted changes`` when dirty), or ``missing`` when there is none."""
+    if not code:
+        return missing
+    return f"commit {str(code.get('commit'))[:12]}" + (", with uncommitted changes" if code.get("dirty") else "")

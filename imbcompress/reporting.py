@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from imbcompress.atomic import atomic_write, write_json_atomic
-from imbcompress.host import describe_host
+from imbcompress.host import code_revision, describe_host
 from imbcompress.names import METRICS_FILE, SCHEMA_VERSION
 
 if TYPE_CHECKING:
@@ -129,6 +129,7 @@ def build_metrics(
         "precision": str(trainer.precision),
         "world_size": trainer.world_size,
         "versions": package_versions(),
+        "code": code_revision(),
         "host": describe_host(_gpu_name(trainer)),
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }

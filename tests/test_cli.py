@@ -30,6 +30,7 @@ METRICS_KEYS = {
     "model_size",
     "seed",
     "versions",
+    "code",
     "host",
     "ckpt_path",
 }

@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from imbcompress.atomic import write_json_atomic
+from imbcompress.host import code_revision, revision_text
 from imbcompress.locks import RUN_LOCK_FILE, FileLock
 from imbcompress.study.plan import RUN_CONFIG, Run
 from imbcompress.study.remedy_check import import_class
@@ -200,6 +201,7 @@ def adopt(run: Run, source: str | Path, checked: tuple[Comparison, int] | None =
     """
     source = Path(source).resolve()
     comparison, steps = checked or check_adoption(run, source)
+    source_metrics = json.loads((source / "metrics.json").read_text())
     record = {
         "run": run.id,
         "source": str(source),
@@ -207,7 +209,9 @@ def adopt(run: Run, source: str | Path, checked: tuple[Comparison, int] | None =
         "steps": steps,
         "neutral_differences": comparison.neutral,
         "accepted_differences": [{"key": key, "why": why} for key, why in comparison.accepted],
-        "source_metrics_created": json.loads((source / "metrics.json").read_text()).get("created"),
+        "source_metrics_created": source_metrics.get("created"),
+        "trained_code": source_metrics.get("code"),  # None: trained before imbcompress recorded its commit
+        "adopting_code": code_revision(),
     }
     target = Path(run.dir)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -249,8 +253,14 @@ def describe_adoption(record: dict) -> str:
     """One line for the report: where the run came from and what differed."""
     accepted = "; ".join(f"`{item['key']}` ({item['why']})" for item in record["accepted_differences"])
     neutral = ", ".join(f"`{key}`" for key in record["neutral_differences"])
+    trained, adopting = record.get("trained_code"), record.get("adopting_code")  # absent in older records
+    code = (
+        f"trained by {revision_text(trained, 'an unrecorded commit')}, adopted by {revision_text(adopting)}"
+        if trained or adopting
+        else "commits not recorded"
+    )
     return (
-        f"`{record['run']}` from `{record['source']}` ({record['steps']} steps; adopted {record['adopted']})"
+        f"`{record['run']}` from `{record['source']}` ({record['steps']} steps; adopted {record['adopted']}; {code})"
         + (f"; differs only in {neutral}" if neutral else "")
         + (f"; accepted: {accepted}" if accepted else "")
     )

@@ -11,7 +11,7 @@ from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
-from imbcompress.host import describe_host, host_text
+from imbcompress.host import describe_host, host_text, revision_text
 from imbcompress.study.adopt import adopted_runs, describe_adoption
 from imbcompress.study.aggregate import GUARD_POINTS, gap_summary, smallest_class_f1
 from imbcompress.study.figures import gap_figure, heatmap_figure
@@ -54,6 +54,7 @@ def load_records(plan: Plan) -> tuple[list[dict], list[str]]:
                 "tail_f1": smallest_class_f1(per_class_f1, metrics.get("train_class_counts") or []),
                 "model_size": metrics.get("model_size") or {},
                 "versions": metrics.get("versions") or {},
+                "code": metrics.get("code"),
                 "precision": metrics.get("precision"),
                 "host": metrics.get("host"),
             }
@@ -157,6 +158,13 @@ def _software(records: list[dict]) -> str:
     return _distinct(texts, "no finished runs")
 
 
+def _code(records: list[dict]) -> str:
+    """The imbcompress commits the runs recorded in their metrics.json, each with its number of runs (most first)."""
+    counts = Counter(revision_text(record.get("code")) for record in records)
+    texts = [f"{text} ({count} run{'s' * (count != 1)})" for text, count in counts.most_common()]
+    return ", ".join(texts) or "no finished runs"
+
+
 def _machines(records: list[dict]) -> str:
     """The machines the runs recorded in their metrics.json (each distinct one once)."""
     texts = [host_text(record["host"]) if record.get("host") else "not recorded" for record in records]
@@ -214,6 +222,7 @@ def _header(plan: Plan, records: list[dict]) -> list[str]:
         f"- Machine of the runs (their metrics.json): {_machines(records)}; report written on: "
         f"{host_text(describe_host())}",
         f"- Software of the runs (their metrics.json): {_software(records)}",
+        f"- imbcompress code of the runs (their metrics.json): {_code(records)}",
         f"- Time: {_timing(plan)}",
         *_adopted(plan),
         "- Commands (`invocations.log`):",

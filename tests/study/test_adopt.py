@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from imbcompress.cli import run_cli
+from imbcompress.host import code_revision, revision_text
 from imbcompress.locks import RUN_LOCK_FILE
 from imbcompress.study.adopt import ADOPTED_FILE, compare
 from imbcompress.study.cli import main
@@ -49,6 +50,8 @@ def test_a_run_trained_by_the_same_configuration_is_adopted_byte_for_byte(traine
     assert record["source"] == str(source) and record["steps"] == 2
     assert "trainer.check_val_every_n_epoch" in record["neutral_differences"]
     assert record["accepted_differences"] == []
+    trained_code = json.loads((source / "metrics.json").read_text())["code"]
+    assert record["trained_code"] == trained_code and record["adopting_code"] == code_revision()
     assert (source / RUN_LOCK_FILE).read_text() == lock_text  # the source's lock is put back as found
     states = plan_states(load_plan(out))
     assert states[RUN] == "done" and states["balanced/pruned/seed0"] == "pending"
@@ -57,6 +60,7 @@ def test_a_run_trained_by_the_same_configuration_is_adopted_byte_for_byte(traine
     assert main(["report", str(out)]) == 0
     report = (out / "report" / "report.md").read_text()
     assert f"`{RUN}` from `{source}`" in report
+    assert f"trained by {revision_text(trained_code, 'an unrecorded commit')}, adopted by" in report
     assert "in the 0 finished run(s) the study ran" in report  # the adopted run's training time is not the study's
     # a second adoption into the same run is refused and changes nothing
     before = sorted(path.name for path in target.iterdir())

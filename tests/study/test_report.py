@@ -37,6 +37,7 @@ def write_metrics(run, f1: float) -> None:
         "seed": run.seed,
         "versions": {"torch": "2.14.1", "lightning": "2.6.6"},
         "precision": "bf16-mixed" if run.seed == 0 else "32-true",
+        "code": {"commit": "c0ffee" * 6 + "c0ff", "dirty": run.method == "q"} if run.seed == 0 else None,  # seed 1: old
         "host": {"cpu": "Test CPU", "cpu_count": 2, "system": "Linux", "python": "3.11.7", "gpu": None},
     }
     (Path(run.dir) / "metrics.json").write_text(json.dumps(metrics))
@@ -99,6 +100,12 @@ def test_report_numbers_tables_and_figures(study_dir):
     software = "torch 2.14.1, lightning 2.6.6; precision "
     assert f"{software}bf16-mixed | {software}32-true" in report  # each distinct setting once
     assert "Machine of the runs (their metrics.json): Test CPU, 2 CPU(s), Linux, Python 3.11.7; report" in report
+    cells = len(F1)  # every (variant, method) with results has both seeds: seed 0 recorded its commit, seed 1 not
+    fp32_cells = sum(method == "fp32" for _, method in F1)
+    assert (
+        f"- imbcompress code of the runs (their metrics.json): not recorded ({cells} runs), commit c0ffeec0ffee "
+        f"({fp32_cells} runs), commit c0ffeec0ffee, with uncommitted changes ({cells - fp32_cells} runs)\n"
+    ) in report
 
 
 def test_report_to_another_directory(study_dir, tmp_path):
