@@ -21,7 +21,7 @@ from imbcompress.checkpoint import load_checkpoint_file, module_from_checkpoint
 from imbcompress.compress.size import model_size
 from imbcompress.deploy import dorefa_int8, ptq
 from imbcompress.deploy.onnx_export import deployable_copy, export_onnx
-from imbcompress.host import describe_host
+from imbcompress.host import code_revision, describe_host
 from imbcompress.reporting import package_versions
 
 METRICS_FILE = "metrics.json"
@@ -238,6 +238,7 @@ def _int8_model_size(task: Any, model: torch.nn.Module, record: dict, file: Path
 def ptq_main(words: list[str]) -> int:
     """``imbcompress ptq``: write RUN_DIR/model_int8.onnx and RUN_DIR/metrics.json."""
     args = _parser("ptq").parse_args(words)
+    code_revision()  # asked at the start, as for fit: the code this command loaded
     run_dir = Path(args.run_dir)
     _check_run_dir(run_dir)
     config, task, model = _prepare(args, run_dir / INT8_FILE, "run_dir")
@@ -293,6 +294,7 @@ def _metrics_document(
         "precision": "int8 (ONNX Runtime, CPU)",
         "world_size": 1,
         "versions": package_versions(("imbcompress", "torch", "onnx", "onnxruntime", "lightning")),
+        "code": code_revision(),
         "host": describe_host(None),
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }

@@ -12,6 +12,7 @@ from cli_helpers import CONFIGS, fake_data_args, fit, make_learnable_cifar
 
 from imbcompress.__main__ import main
 from imbcompress.deploy.ptq import agreement, calibration_indices
+from imbcompress.host import code_revision
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +62,7 @@ def test_ptq_run_writes_metrics_within_one_point_of_fp32(fp32_run: tuple[Path, d
     )
     assert metrics["train_class_counts"] == fp32["train_class_counts"] and metrics["seed"] == fp32["seed"]
     assert set(metrics["versions"]) >= {"onnxruntime", "torch"} and metrics["host"]["cpu"]
+    assert metrics["code"] == code_revision()
     assert round(600 * (1 - record["agreement_with_source"])) == record["disagreements"]
 
 
