@@ -62,3 +62,17 @@ def test_cli_reads_a_checkpoint_written_before_arch_was_renamed(fitted: tuple[Pa
     again = json.loads((tmp_path / "again/metrics.json").read_text())
     assert again["model"]["name"] == "resnet20"
     assert again["test"] == json.loads((run / "metrics.json").read_text())["test"]
+
+
+def test_fine_tunes_of_one_parent_differ_by_seed_everything(fitted: tuple[Path, list[str]], tmp_path: Path) -> None:
+    """Two seeds of a fine-tune (same parent, same subset) train on different batches: before, the training order
+    and augmentation followed subset_seed only, and such runs came out identical bit for bit."""
+    run, data = fitted
+    args = [*BASE, *data, "--trainer.max_steps=2", "--trainer.limit_val_batches=0"]
+    args += [f"--model.init_args.init_from={run / 'checkpoints/last.ckpt'}"]
+    weights = {}
+    for seed in (0, 1):
+        metrics = fit([*args, f"--seed_everything={seed}"], tmp_path / f"s{seed}")
+        assert metrics["data"]["shuffle_seed"] == seed and metrics["seed"] == seed
+        weights[seed] = torch.load(tmp_path / f"s{seed}/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    assert any(not torch.equal(weights[0][key], weights[1][key]) for key in weights[0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -59,6 +60,17 @@ def _check_settings(dataset: str, download: bool, batch_size: int, eval_batch_si
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
 
 
+def default_shuffle_seed(subset_seed: int) -> int:
+    """The training order's and augmentation's seed when ``shuffle_seed`` is not given.
+
+    The seed of Lightning's ``seed_everything`` when one was set (``PL_GLOBAL_SEED``: the CLI sets it from
+    ``--seed_everything`` before it builds the data module), so that runs that differ only in ``--seed_everything``
+    (fine-tunes of one parent on one subset) see different batches; else ``subset_seed``.
+    """
+    seed = os.environ.get("PL_GLOBAL_SEED")
+    return int(seed) if seed is not None else subset_seed
+
+
 class ImbalancedDataModule(LightningDataModule):
     """An imbalanced training subset of a classification set; the full balanced test set for testing.
 
@@ -78,7 +90,9 @@ class ImbalancedDataModule(LightningDataModule):
         minority_classes: number of minority classes of the ``step`` profile (1..K-1).
         head: ``first``: label 0 has the most images ([LD] convention); ``last``: the reverse ([BU]).
         subset_seed: seed of the random choice of each class's images (and of the validation split).
-        shuffle_seed: seed of the per-epoch training order and augmentation; defaults to ``subset_seed``.
+        shuffle_seed: seed of the per-epoch training order and augmentation; defaults to the seed of
+            ``seed_everything`` (the CLI's ``--seed_everything``), else ``subset_seed`` (see
+            :func:`default_shuffle_seed`).
         batch_size: training batch size per device.
         eval_batch_size: evaluation batch size per device.
         val_fraction: fraction of every class of the training subset held out for validation. 0 (default, the
@@ -135,7 +149,7 @@ class ImbalancedDataModule(LightningDataModule):
         self.minority_classes = minority_classes
         self.head = head
         self.subset_seed = subset_seed
-        self.shuffle_seed = subset_seed if shuffle_seed is None else shuffle_seed
+        self.shuffle_seed = default_shuffle_seed(subset_seed) if shuffle_seed is None else shuffle_seed
         derive_seed(self.subset_seed, self.shuffle_seed)  # rejects negative seeds now
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
