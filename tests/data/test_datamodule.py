@@ -152,7 +152,9 @@ def test_describe_and_checkpoint_check(cifar_root: Path) -> None:
         other.load_state_dict(dm.state_dict())
 
 
-def test_the_shuffle_seed_follows_seed_everything_unless_given(cifar_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_shuffle_seed_follows_seed_everything_unless_given(
+    cifar_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
     assert ImbalancedDataModule("cifar10", str(cifar_root), subset_seed=3).shuffle_seed == 3  # no global seed
     monkeypatch.setenv("PL_GLOBAL_SEED", "7")  # what seed_everything(7) and the CLI's --seed_everything 7 set
