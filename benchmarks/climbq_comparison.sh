@@ -4,8 +4,6 @@
 # Shared CIFAR-10 JPEG copy (/tmp/data/cifar_jpg), CIFAR-10-LT exponential rho = 50, ResNet-20 with option-B
 # shortcuts, a stratified validation split (VAL_FRACTION of every class, taken out of the training subset, seeded).
 # One FP32 parent (quickstart recipe: SGD 0.1 cosine, FP32_EPOCHS), then for every seed, FT_EPOCHS of fine-tuning
-# (every seed starts from that parent on the same subset and split; the seed sets the training order and the
-# augmentation: data.shuffle_seed follows --seed_everything, recorded in each metrics.json)
 # from it with [CQ]'s optimiser (SGD 0.04 constant, momentum 0.9, wd 1e-4, batch 128) for each row:
 #   dorefa_w2a2        DoReFa (W2, A2), stem and classifier full precision
 #   climbq_stem_fp     ClimbQ 2-bit, stem conv + its features full precision (exclude: [stem.conv])
@@ -16,6 +14,8 @@
 #                      (configs/compress/climbq_cb_w2.yaml): the ablation that isolates HomoVar's bounds
 #   climbq_cb_remedy   ClimbQ + the class_balanced remedy (issue 11) at beta 0.999: weighted mean
 #                      sum_i w_y CE_i / sum_i w_y, the re-weighting a user would reach for
+# Every seed starts from that parent on the same subset and validation split; the seed sets the training order and the
+# augmentation (data.shuffle_seed follows --seed_everything; each metrics.json records it).
 # Every fine-tuning run also keeps checkpoints/best.ckpt, the epoch with the best validation macro-F1, and tests it
 # into <run>/best/metrics.json; <run>/metrics.json is the final epoch. Never selected on the test set.
 #
