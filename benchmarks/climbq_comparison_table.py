@@ -72,17 +72,33 @@ def _finished(run: Path) -> bool:
     return all((run / name).is_file() for name in ("metrics.json", "best/metrics.json", "checkpoints/best.ckpt"))
 
 
+def _check_seeds_differ(name: str, orders: dict[int, Any]) -> None:
+    """Seeds of a row start from one parent on one subset: only the training order (``data.shuffle_seed``) makes
+    them two runs. Refuse seeds that trained on the same order (they are one run twice; metrics without the key,
+    from before it was recorded, are not checked)."""
+    seen: dict[Any, int] = {}
+    for seed, order in orders.items():
+        if order is not None and order in seen:
+            raise SystemExit(
+                f"{name}: seeds {seen[order]} and {seed} trained on the same batches (data.shuffle_seed {order} in "
+                "both metrics.json): they are one run twice, not two seeds. Rerun with the seed as shuffle seed"
+            )
+        seen.setdefault(order, seed)
+
+
 def _row(out: Path, name: str, seeds: list[int]) -> list[str]:
     label, expected, remedies = ROWS[name]
-    final, best, epochs = [], [], []
+    final, best, epochs, orders = [], [], [], {}
     for seed in seeds:
         run = out / f"{name}_s{seed}"
         metrics = _load(run / "metrics.json")
         _check(run, metrics, expected, remedies)
+        orders[seed] = (metrics.get("data") or {}).get("shuffle_seed")
         final.append(_scores(metrics))
         best.append(_scores(_load(run / "best" / "metrics.json")))
         checkpoint = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
         epochs.append(str(int(checkpoint["epoch"]) + 1))
+    _check_seeds_differ(name, orders)
     columns = [seed_cell([s[i] for s in final]) for i in range(3)] + ["/".join(epochs)]
     return [label, *columns, *(seed_cell([s[i] for s in best]) for i in range(3))]
 

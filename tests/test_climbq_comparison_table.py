@@ -33,12 +33,17 @@ def _write(path: Path, metrics: dict[str, Any]) -> None:
     path.write_text(json.dumps(metrics))
 
 
-def _run(out: Path, name: str, seed: int, final: list[float], best: list[float], epoch: int, **record: Any) -> None:
+def _run(
+    out: Path, name: str, seed: int, final: list[float], best: list[float], epoch: int, order: Any = None, **record: Any
+) -> None:
     run = out / f"{name}_s{seed}"
     compression = [{"method": "climbq", "weight_bits": 2, "activation_bits": 2, **record}]
-    _write(run / "metrics.json", _metrics(final, compression, []))
+    metrics = _metrics(final, compression, [])
+    if order is not None:
+        metrics["data"]["shuffle_seed"] = order
+    _write(run / "metrics.json", metrics)
     _write(run / "best/metrics.json", _metrics(best, compression, []))
-    (run / "checkpoints").mkdir()
+    (run / "checkpoints").mkdir(exist_ok=True)
     torch.save({"epoch": epoch}, run / "checkpoints/best.ckpt")
 
 
@@ -74,6 +79,17 @@ def test_a_run_that_is_not_what_its_row_says_is_refused(out: Path) -> None:
     _run(out, "climbq", 0, [0.8, 0.6, 0.4, 0.0], [0.8, 0.6, 0.4, 0.2], epoch=6, homovar=True, exclude=None)
     with pytest.raises(SystemExit, match=r"climbq_s0: compression record .* does not match the row's settings"):
         table(out, [0])
+
+
+def test_seeds_that_trained_on_the_same_batches_are_refused(out: Path) -> None:
+    record = {"homovar": False, "exclude": None}
+    _run(out, "climbq", 0, [0.8, 0.6, 0.4, 0.0], [0.8, 0.6, 0.4, 0.2], epoch=6, order=0, **record)
+    _run(out, "climbq", 1, [0.8, 0.6, 0.4, 0.0], [0.8, 0.6, 0.4, 0.2], epoch=6, order=0, **record)
+    with pytest.raises(SystemExit, match=r"climbq: seeds 0 and 1 trained on the same batches \(data.shuffle_seed 0"):
+        table(out, [0, 1])
+    _run(out, "climbq", 1, [0.8, 0.6, 0.4, 0.2], [0.8, 0.6, 0.4, 0.4], epoch=19, order=1, **record)
+    lines, _ = table(out, [0, 1])
+    assert lines[-1].startswith("| ClimbQ 2-bit, stem quantized")
 
 
 def test_the_comparison_script_refuses_an_unknown_row_before_writing_anything(tmp_path: Path) -> None:
