@@ -37,11 +37,28 @@ fp32_epochs=${FP32_EPOCHS:-60}
 ft_epochs=${FT_EPOCHS:-30}
 seeds=${SEEDS:-"0 1"}
 val_fraction=${VAL_FRACTION:-0.1}
-all_rows="dorefa_w2a2 climbq_stem_fp climbq climbqplus_official climbqplus_paper climbq_cb climbq_cb_remedy"
-selected=${ROWS:-$all_rows}
+# The rows: name, then the arguments that make it (one definition; ROWS names a subset of them)
+rows=(
+  "dorefa_w2a2 --config configs/compress/dorefa_a3w3.yaml --trainer.callbacks.init_args.weight_bits=2
+   --trainer.callbacks.init_args.activation_bits=2"
+  "climbq_stem_fp --config configs/compress/climbq_w2.yaml --trainer.callbacks.init_args.exclude=[stem.conv]"
+  "climbq --config configs/compress/climbq_w2.yaml"
+  "climbqplus_official --config configs/compress/climbqplus_w2.yaml"
+  "climbqplus_paper --config configs/compress/climbqplus_w2.yaml --trainer.callbacks.init_args.homovar_mode=paper"
+  "climbq_cb --config configs/compress/climbq_cb_w2.yaml"
+  "climbq_cb_remedy --config configs/compress/climbq_w2.yaml --config $out/class_balanced_0999.yaml"
+)
+declare -A row_args=()
+all_rows=()
+for row in "${rows[@]}"; do
+  read -r -d "" -a words <<<"$row" || true  # the row may span lines
+  all_rows+=("${words[0]}")
+  row_args[${words[0]}]="${words[*]:1}"
+done
+selected=${ROWS:-${all_rows[*]}}
 for name in $selected; do
-  if [[ " $all_rows " != *" $name "* ]]; then
-    echo "ROWS=${ROWS@Q}: unknown row '$name'; allowed: $all_rows" >&2
+  if [ -z "${row_args[$name]+set}" ]; then
+    echo "ROWS=${ROWS@Q}: unknown row '$name'; allowed: ${all_rows[*]}" >&2
     exit 2
   fi
 done
@@ -110,21 +127,6 @@ test_best() {  # test_best NAME: test the validation-selected checkpoint into $o
 
 fit fp32 --trainer.max_epochs="$fp32_epochs" --seed_everything=0
 for seed in $seeds; do
-  declare -A row_args=()
-  rows=(
-    "dorefa_w2a2 --config configs/compress/dorefa_a3w3.yaml --trainer.callbacks.init_args.weight_bits=2
-     --trainer.callbacks.init_args.activation_bits=2"
-    "climbq_stem_fp --config configs/compress/climbq_w2.yaml --trainer.callbacks.init_args.exclude=[stem.conv]"
-    "climbq --config configs/compress/climbq_w2.yaml"
-    "climbqplus_official --config configs/compress/climbqplus_w2.yaml"
-    "climbqplus_paper --config configs/compress/climbqplus_w2.yaml --trainer.callbacks.init_args.homovar_mode=paper"
-    "climbq_cb --config configs/compress/climbq_cb_w2.yaml"
-    "climbq_cb_remedy --config configs/compress/climbq_w2.yaml --config $out/class_balanced_0999.yaml"
-  )
-  for row in "${rows[@]}"; do
-    read -r -d "" -a words <<<"$row" || true  # the row may span lines
-    row_args[${words[0]}]="${words[*]:1}"
-  done
   for name in $selected; do
     read -r -a args <<<"${row_args[$name]}"
     fit "${name}_s$seed" "${finetune[@]}" "${args[@]}" --seed_everything="$seed"
