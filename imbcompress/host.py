@@ -65,11 +65,11 @@ def git_revision(root: Path) -> dict[str, object] | None:
         return done.stdout
 
     try:
-        if Path(git("rev-parse", "--show-toplevel").strip()).resolve() != root.resolve():
+        top, commit = git("rev-parse", "--show-toplevel", "HEAD").splitlines()  # one line each
+        if Path(top).resolve() != root.resolve():
             return None
-        commit = git("rev-parse", "HEAD").strip()
         dirty = bool(git("status", "--porcelain", "--untracked-files=no").strip())
-    except (OSError, subprocess.SubprocessError):
+    except (OSError, subprocess.SubprocessError, ValueError):  # ValueError: not the two lines asked for
         return None
     return {"commit": commit, "dirty": dirty}
 
