@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +21,15 @@ from imbcompress.models.heads import ClassifierKind, classifier_kind, set_classi
 from imbcompress.models.registry import ArchName, build_model
 from imbcompress.schedule import lr_factor, lr_lambda, plan_steps
 
-__all__ = ["CompressibleTask", "ImbalanceClassifier", "LossContext", "LossTerm", "cross_entropy", "lr_factor"]
+__all__ = [
+    "CompressibleTask",
+    "ImbalanceClassifier",
+    "LossContext",
+    "LossTerm",
+    "cross_entropy",
+    "is_compressible_task",
+    "lr_factor",
+]
 
 
 @dataclass
@@ -56,7 +64,6 @@ def cross_entropy(ctx: LossContext) -> Tensor:
     return F.cross_entropy(ctx.logits.float(), ctx.targets)
 
 
-@runtime_checkable
 class CompressibleTask(Protocol):
     """What callbacks may use of the task (``ImbalanceClassifier`` implements it); see docs/architecture.md.
 
@@ -84,6 +91,24 @@ class CompressibleTask(Protocol):
     def add_loss_term(self, name: str, term: LossTerm) -> None: ...
 
     def set_criterion(self, criterion: Callable[[LossContext], Tensor]) -> None: ...
+
+
+TASK_ATTRIBUTES = ("model", "num_classes", "init_from", "transforms", "loss_terms", "last_test_results")
+"""The data members of :class:`CompressibleTask`, looked up on the instance."""
+TASK_METHODS = ("class_names", "apply_transform", "add_loss_term", "set_criterion")
+"""The methods and properties of :class:`CompressibleTask`, looked up on the class."""
+
+
+def is_compressible_task(obj: object) -> bool:
+    """Whether ``obj`` has every member of :class:`CompressibleTask`.
+
+    Not ``isinstance`` with a ``runtime_checkable`` Protocol: from Python 3.12 that looks members up statically
+    (``inspect.getattr_static``), which cannot see an ``nn.Module``'s submodules, parameters and buffers (they live
+    in ``_modules``, ``_parameters`` and ``_buffers``), so it rejected the task itself (``model`` is a submodule).
+    Here data members go through normal attribute lookup, and methods and properties are looked up on the class,
+    so a property is never evaluated.
+    """
+    return all(hasattr(type(obj), name) for name in TASK_METHODS) and all(hasattr(obj, n) for n in TASK_ATTRIBUTES)
 
 
 class ImbalanceClassifier(LightningModule):

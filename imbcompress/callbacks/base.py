@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import nn
 
-from imbcompress.task import CompressibleTask
+from imbcompress.task import CompressibleTask, is_compressible_task
 
 DESCRIBERS: dict[str, Callable[[dict[str, Any], nn.Module], dict[str, Any]]] = {}
 """``describe(record, model)`` of every structural method by record kind: how ``metrics.json`` reports a record
@@ -26,12 +26,12 @@ that a checkpoint carries, whichever callbacks the current configuration has."""
 
 def task_of(pl_module: LightningModule, who: str) -> CompressibleTask:
     """``pl_module`` as the imbcompress task, or a ``ValueError`` naming the callback ``who`` that needs it."""
-    if not isinstance(pl_module, CompressibleTask):
+    if not is_compressible_task(pl_module):
         raise ValueError(
             f"{who} needs the imbcompress task (imbcompress.task.ImbalanceClassifier or any CompressibleTask); "
             f"got {type(pl_module).__name__}"
         )
-    return pl_module
+    return cast(CompressibleTask, pl_module)
 
 
 def train_class_counts(trainer: Trainer, who: str) -> list[int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from tiny import quiet_trainer
 from imbcompress.callbacks import ClimbQ, FilterPruning, KnowledgeDistillation, QuantizationAwareTraining
 from imbcompress.callbacks.base import CompressionCallback, StructuralCompression, describe_record, task_of
 from imbcompress.compress.dorefa import dorefa_record
-from imbcompress.task import ImbalanceClassifier
+from imbcompress.task import TASK_ATTRIBUTES, TASK_METHODS, CompressibleTask, ImbalanceClassifier
 
 # (callback as first applied, the same settings again, other settings, the setting named in the error)
 CASES: dict[str, tuple[Any, Any, Any, str]] = {
@@ -31,6 +32,25 @@ def test_every_method_uses_the_base() -> None:
     for cls in (FilterPruning, QuantizationAwareTraining, ClimbQ):
         assert issubclass(cls, StructuralCompression)
     assert issubclass(KnowledgeDistillation, CompressionCallback)
+
+
+def test_the_member_lists_are_the_protocol() -> None:
+    methods = {
+        name
+        for name, value in vars(CompressibleTask).items()
+        if not name.startswith("_") and (callable(value) or isinstance(value, property))
+    }
+    assert set(TASK_ATTRIBUTES) == set(CompressibleTask.__annotations__)
+    assert set(TASK_METHODS) == methods
+
+
+def test_the_task_is_the_task_although_its_model_is_a_submodule() -> None:
+    # Found on the GPU machine's Python 3.12: its runtime Protocol check looks members up with
+    # inspect.getattr_static, which cannot see a submodule, so every callback refused ImbalanceClassifier.
+    task = ImbalanceClassifier(num_classes=10, channels_last=False)
+    with pytest.raises(AttributeError):
+        inspect.getattr_static(task, "model")
+    assert task_of(task, "FilterPruning") is task
 
 
 def test_a_module_that_is_not_the_task_is_a_clear_error() -> None:

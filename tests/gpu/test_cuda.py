@@ -140,7 +140,7 @@ def test_climbq_quantizers_on_cuda_match_their_cpu_result(mode: str) -> None:
         quantizer = ClimbQActivationQuantizer(bits=2, mode=mode).train()
         holder = torch.nn.Sequential(quantizer)
         set_class_labels(holder, labels.to(device), torch.bincount(labels, minlength=10).to(device))
-        x = features.to(device).requires_grad_(True)
+        x = features.detach().to(device).requires_grad_(True)  # a leaf on each device, so x.grad is filled
         out = quantizer(x)
         out.sum().backward()
         w = ClimbQWeightQuantizer(bits=2)(weight.to(device))
@@ -155,7 +155,7 @@ def test_climbq_quantizers_on_cuda_match_their_cpu_result(mode: str) -> None:
 def test_study_runner_on_one_gpu(tmp_path: Path) -> None:
     from imbcompress.study.cli import main as study_main
     from imbcompress.study.plan import load_plan
-    from imbcompress.study.state import plan_states
+    from imbcompress.study.state import LOG_FILE, plan_states
 
     make_fake_cifar(tmp_path / "data", train_per_class=8, test_per_class=2)
     data = {
@@ -173,7 +173,9 @@ def test_study_runner_on_one_gpu(tmp_path: Path) -> None:
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
     out = tmp_path / "out"
     command = f"{sys.executable} -m imbcompress"
-    assert study_main(["run", str(tmp_path / "study.yaml"), "--out", str(out), "--command", command]) == 0
+    status = study_main(["run", str(tmp_path / "study.yaml"), "--out", str(out), "--command", command])
+    logs = {p.relative_to(out): p.read_text()[-3000:] for p in sorted(out.glob(f"runs/**/{LOG_FILE}"))}
+    assert status == 0, "\n".join(f"--- {name}\n{text}" for name, text in logs.items())
     assert set(plan_states(load_plan(out)).values()) == {"done"}
     metrics = json.loads((out / "runs/balanced/student/seed0/metrics.json").read_text())
     assert metrics["host"]["gpu"] and metrics["precision"] == "bf16-mixed"
