@@ -63,7 +63,7 @@ def test_bf16_fit_on_cuda_with_the_data_resident_on_the_device(tmp_path: Path) -
     args += ["--trainer.max_epochs=3", "--model.init_args.lr=0.05", *QUIET, f"--run_dir={tmp_path / 'run'}"]
     cli = run_cli(args)
     assert cli.datamodule._train.images.device.type == "cuda"  # moved once, no host-to-device copy per batch
-    assert next(cli.model.parameters()).device.type == "cuda"
+    # (not the model's device: Lightning's teardown after the test moves the module back to the CPU)
     metrics = json.loads((tmp_path / "run/metrics.json").read_text())
     assert metrics["precision"] == "bf16-mixed" and metrics["host"]["gpu"]
     assert metrics["test"]["accuracy"] > 0.5  # separable colours: a working GPU step learns them in 3 epochs
