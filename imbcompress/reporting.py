@@ -30,11 +30,13 @@ class RunInfo:
         ckpt_path: The checkpoint given to ``test`` (None: the model in memory, e.g. at the end of fit).
         resumed_from: The checkpoint the fit resumed from (None: a fresh fit).
         init_from: The weights the fit started from (``model.init_from``), if any.
+        fit_code: The code of each fit command that trained these weights, first to last (None: no fit known).
     """
 
     ckpt_path: str | None = None
     resumed_from: str | None = None
     init_from: str | None = None
+    fit_code: list[dict[str, Any] | None] | None = None
 
 
 RUN_PACKAGES = ("imbcompress", "torch", "torchvision", "lightning", "torchmetrics")
@@ -130,6 +132,7 @@ def build_metrics(
         "world_size": trainer.world_size,
         "versions": package_versions(),
         "code": code_revision(),
+        "fit_code": run.fit_code,
         "host": describe_host(_gpu_name(trainer)),
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }

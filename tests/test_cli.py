@@ -31,6 +31,7 @@ METRICS_KEYS = {
     "seed",
     "versions",
     "code",
+    "fit_code",
     "host",
     "ckpt_path",
 }

@@ -11,6 +11,7 @@ from cli_helpers import CONFIGS, QUIET, fake_data_args, fit
 from fakedata import make_fake_cifar
 
 from imbcompress.cli import run_cli
+from imbcompress.host import code_revision
 
 BASE = [f"--config={CONFIGS / 'trainer/cpu.yaml'}", f"--config={CONFIGS / 'model/resnet20.yaml'}"]
 
@@ -41,15 +42,40 @@ def test_retest_and_predict_never_touch_the_fits_files(fitted: tuple[Path, list[
     assert (run / "predict-1/predictions.csv").read_text().startswith("index,target,prediction\n")
 
 
-def test_a_resumed_fit_records_the_checkpoint_and_init_from(fitted: tuple[Path, list[str]], tmp_path: Path) -> None:
+def test_a_resumed_fit_records_the_checkpoint_and_init_from(
+    fitted: tuple[Path, list[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     run, data = fitted
     parent = str(run / "checkpoints/last.ckpt")
     args = [*BASE, *data, "--trainer.limit_val_batches=0", f"--model.init_args.init_from={parent}"]
     fit([*args, "--trainer.max_epochs=1"], tmp_path / "child")
     last = tmp_path / "child/checkpoints/last.ckpt"
+    later = {"commit": "f" * 40, "dirty": True}  # the resuming command runs other code
+    monkeypatch.setattr("imbcompress.callbacks.run_report.code_revision", lambda: later)
     resumed = fit([*args, "--trainer.max_epochs=2", f"--ckpt_path={last}"], tmp_path / "child")
     assert resumed["resumed_from"] == str(last) and resumed["init_from"] == parent
     assert resumed["ckpt_path"] is None  # the model tested is the one in memory at the end of the fit
+    assert resumed["fit_code"] == [code_revision(), later]  # both commands' code, not only the last one's
+
+
+def test_fit_code_lists_every_command_that_trained_the_weights(fitted: tuple[Path, list[str]], tmp_path: Path) -> None:
+    run, data = fitted
+    assert json.loads((run / "metrics.json").read_text())["fit_code"] == [code_revision()]
+    ckpt = run / "checkpoints/last.ckpt"
+    retest = run_cli(["test", f"--config={run / 'config.yaml'}", f"--ckpt_path={ckpt}", *QUIET])
+    assert json.loads((Path(retest.trainer.log_dir) / "metrics.json").read_text())["fit_code"] == [code_revision()]
+    # a checkpoint written before the list existed: its earlier commands' code is unknown, and the record says so
+    checkpoint = torch.load(ckpt, weights_only=True)
+    del checkpoint["callbacks"]["RunReport"]["fit"]["fit_code"]
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    args = [
+        *BASE,
+        *data,
+        "--trainer.max_epochs=2",
+        "--trainer.limit_val_batches=0",
+        f"--ckpt_path={tmp_path / 'old.ckpt'}",
+    ]
+    assert fit(args, tmp_path / "resumed")["fit_code"] == [None, code_revision()]
 
 
 def test_cli_reads_a_checkpoint_written_before_arch_was_renamed(fitted: tuple[Path, list[str]], tmp_path: Path) -> None:

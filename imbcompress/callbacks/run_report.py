@@ -11,7 +11,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from imbcompress.callbacks.base import StructuralCompression, describe_record, task_of
-from imbcompress.host import cpu_has_native_bf16
+from imbcompress.host import code_revision, cpu_has_native_bf16
 from imbcompress.reporting import (
     RunInfo,
     class_count_title,
@@ -66,12 +66,21 @@ class RunReport(Callback):
             "resumed_from": None if trainer.ckpt_path is None else str(trainer.ckpt_path),
             # a resumed fit's task gets its weights from the checkpoint; the lineage began at the first fit's init_from
             "init_from": task.init_from or restored.get("init_from"),
+            # the code of every command that trained these weights: a resume appends its own to the checkpoint's
+            # list (None first when the checkpoint predates the list or came without this callback's state)
+            "fit_code": [*self._earlier_fit_code(trainer, restored), code_revision()],
         }
         size = compressed_model_size(task.model, self._sections(task)["compression"])
         rank_zero_info(size_line(size))
         warn_if_bf16_is_emulated(trainer)
         for logger in trainer.loggers:
             logger.log_metrics({f"model_size/{key}": float(value) for key, value in size.items()}, step=0)
+
+    @staticmethod
+    def _earlier_fit_code(trainer: Trainer, restored: dict[str, Any]) -> list[dict[str, Any] | None]:
+        if trainer.ckpt_path is None:  # a fresh fit (init_from starts a new lineage: the parent has its own record)
+            return []
+        return list(restored.get("fit_code", [None]))
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -117,7 +126,7 @@ class RunReport(Callback):
             return
         fit = self.fit_state or {"init_from": task.init_from}  # no fit known: the weights came from init_from
         tested = None if trainer.ckpt_path is None else str(trainer.ckpt_path)
-        run = RunInfo(tested, fit.get("resumed_from"), fit.get("init_from"))
+        run = RunInfo(tested, fit.get("resumed_from"), fit.get("init_from"), fit.get("fit_code"))
         report_test_results(trainer, task, task.last_test_results, run_dir, self._sections(task, trainer), run)
 
     # ------------------------------------------------------------------ predict

@@ -55,6 +55,7 @@ def load_records(plan: Plan) -> tuple[list[dict], list[str]]:
                 "model_size": metrics.get("model_size") or {},
                 "versions": metrics.get("versions") or {},
                 "code": metrics.get("code"),
+                "fit_code": metrics.get("fit_code"),
                 "precision": metrics.get("precision"),
                 "host": metrics.get("host"),
             }
@@ -158,9 +159,19 @@ def _software(records: list[dict]) -> str:
     return _distinct(texts, "no finished runs")
 
 
+def _trained_by(record: dict) -> str:
+    """The code that trained a run: each commit of its fit commands in order (``fit_code``), else its ``code``."""
+    texts: list[str] = []
+    for code in record.get("fit_code") or [record.get("code")]:
+        text = revision_text(code)
+        if not texts or texts[-1] != text:  # resumed at the same commit: once
+            texts.append(text)
+    return " then ".join(texts)
+
+
 def _code(records: list[dict]) -> str:
-    """The imbcompress commits the runs recorded in their metrics.json, each with its number of runs (most first)."""
-    counts = Counter(revision_text(record.get("code")) for record in records)
+    """The imbcompress commits that trained the runs (their metrics.json), each with its number of runs (most first)."""
+    counts = Counter(_trained_by(record) for record in records)
     texts = [f"{text} ({count} run{'s' * (count != 1)})" for text, count in counts.most_common()]
     return ", ".join(texts) or "no finished runs"
 
@@ -222,7 +233,8 @@ def _header(plan: Plan, records: list[dict]) -> list[str]:
         f"- Machine of the runs (their metrics.json): {_machines(records)}; report written on: "
         f"{host_text(describe_host())}",
         f"- Software of the runs (their metrics.json): {_software(records)}",
-        f"- imbcompress code of the runs (their metrics.json): {_code(records)}",
+        f"- imbcompress code of the runs (their metrics.json; a run resumed at another commit names each, in order): "
+        f"{_code(records)}",
         f"- Time: {_timing(plan)}",
         *_adopted(plan),
         "- Commands (`invocations.log`):",

@@ -26,6 +26,10 @@ F1 = {
 }
 
 
+CODE = {"commit": "c0ffee" * 6 + "c0ff", "dirty": False}
+EARLIER = {"commit": "0ld" * 13 + "0", "dirty": False}
+
+
 def write_metrics(run, f1: float) -> None:
     Path(run.dir).mkdir(parents=True, exist_ok=True)
     nnz = 1000 if run.method == "fp32" else 250
@@ -38,6 +42,10 @@ def write_metrics(run, f1: float) -> None:
         "versions": {"torch": "2.14.1", "lightning": "2.6.6"},
         "precision": "bf16-mixed" if run.seed == 0 else "32-true",
         "code": {"commit": "c0ffee" * 6 + "c0ff", "dirty": run.method == "q"} if run.seed == 0 else None,  # seed 1: old
+        # seed 0's FP32 runs were resumed at another commit; seed 1's files predate fit_code
+        "fit_code": ([EARLIER] if run.method == "fp32" else []) + [CODE | {"dirty": run.method == "q"}]
+        if run.seed == 0
+        else None,
         "host": {"cpu": "Test CPU", "cpu_count": 2, "system": "Linux", "python": "3.11.7", "gpu": None},
     }
     (Path(run.dir) / "metrics.json").write_text(json.dumps(metrics))
@@ -103,8 +111,9 @@ def test_report_numbers_tables_and_figures(study_dir):
     cells = len(F1)  # every (variant, method) with results has both seeds: seed 0 recorded its commit, seed 1 not
     fp32_cells = sum(method == "fp32" for _, method in F1)
     assert (
-        f"- imbcompress code of the runs (their metrics.json): not recorded ({cells} runs), commit c0ffeec0ffee "
-        f"({fp32_cells} runs), commit c0ffeec0ffee, with uncommitted changes ({cells - fp32_cells} runs)\n"
+        "- imbcompress code of the runs (their metrics.json; a run resumed at another commit names each, in order): "
+        f"not recorded ({cells} runs), commit 0ld0ld0ld0ld then commit c0ffeec0ffee ({fp32_cells} runs), "
+        f"commit c0ffeec0ffee, with uncommitted changes ({cells - fp32_cells} runs)\n"
     ) in report
 
 
