@@ -21,8 +21,8 @@ QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=
 # On a CPU without native bf16, PyTorch emulates it: the committed bf16 fragments then run several times slower than
 # fp32 (the one-batch MobileNet-V2 fragment test: 274 s in bf16, 2.7 s in fp32 on an AVX2 EPYC; docs/performance.md).
 # The CLI tests run those fits in fp32 there, unless a test names a precision itself or is about bf16
-# (keep_precision=True); the bf16 arithmetic keeps its own tests (test_bf16_training_learns_the_task_as_fp32_does and the
-# autocast unit tests).
+# (keep_precision=True); the bf16 arithmetic keeps its own tests (test_bf16_training_learns_the_task_as_fp32_does
+# and the autocast unit tests).
 EMULATED_BF16 = cpu_has_native_bf16() is False
 
 
