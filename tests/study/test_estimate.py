@@ -1,6 +1,7 @@
 """study plan: a study's length from a measured throughput, never from a built-in number."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -55,3 +56,10 @@ def test_throughput_file_is_checked(tmp_path, capsys):
     study = write_study(tmp_path)
     assert main(["plan", str(study), "--throughput", str(path)]) == 2
     assert "expected a JSON object with images_per_s_per_run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("packing", [4, 8])
+def test_the_committed_h200_throughputs_load(packing):
+    path = Path(__file__).resolve().parents[2] / f"configs/studies/throughput/h200_resnet20_x{packing}.json"
+    throughput = load_throughput(path)
+    assert throughput.runs_per_gpu == packing and throughput.images_per_s_per_run > 0
