@@ -14,6 +14,8 @@ already leaning to the tail). Prints one table row per run and tau: accuracy, ma
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import math
 from pathlib import Path
 
@@ -32,7 +34,8 @@ def predict_log_probabilities(run: Path) -> tuple[torch.Tensor, torch.Tensor, li
     task = ImbalanceClassifier.load_from_checkpoint(run / "checkpoints/last.ckpt", map_location="cpu")
     data = ImbalancedDataModule(**config["data"]["init_args"])
     trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False)
-    batches = trainer.predict(task, datamodule=data)
+    with contextlib.redirect_stdout(io.StringIO()):  # the data module's class-count table: not part of the table
+        batches = trainer.predict(task, datamodule=data)
     probabilities = torch.cat([batch["probabilities"] for batch in batches])  # type: ignore[index]
     targets = torch.cat([batch["target"] for batch in batches])  # type: ignore[index]
     return probabilities.clamp_min(torch.finfo(torch.float32).tiny).log(), targets, list(data.train_class_counts)
