@@ -260,6 +260,14 @@ def _figures(plan: Plan, records, summary, class_names, methods, out: Path) -> l
 
 
 REPORT_SUFFIXES = (".md", ".csv", ".png")
+REPORT_FILE = "report.md"
+
+
+def _kept(out: Path) -> list[Path]:
+    """The files of ``out`` that a new report keeps: Markdown pages other than report.md (a findings page)."""
+    if not out.is_dir():
+        return []
+    return [p for p in out.iterdir() if p.is_file() and p.suffix == ".md" and p.name != REPORT_FILE]
 
 
 def _check_target(out: Path) -> None:
@@ -318,7 +326,7 @@ def _write_all(plan: Plan, out: Path, guard_points: float) -> Path:
     if not any(path.name == "gap_vs_rho.png" for path in figures):
         lines += ["(No gap figure: no imbalanced run has a finished balanced run of the same method and seed.)", ""]
     lines += [f"![{path.stem}]({path.name})\n" for path in figures]
-    report = out / "report.md"
+    report = out / REPORT_FILE
     report.write_text("\n".join(lines))
     return report
 
@@ -328,6 +336,8 @@ def write_report(plan: Plan, out_dir: str | Path | None = None, guard_points: fl
 
     A partial study reports the finished runs and lists the others. Everything is written into a temporary
     directory beside ``out_dir`` first, which then replaces it: a failure leaves the previous report (or nothing).
+    Markdown pages of ``out_dir`` other than report.md (a findings page written beside the report) are kept; the
+    report's own files (report.md, CSV, PNG) are replaced, stale ones removed.
     """
     out = Path(out_dir) if out_dir is not None else Path(plan.out_dir) / "report"
     _check_target(out)
@@ -335,6 +345,8 @@ def write_report(plan: Plan, out_dir: str | Path | None = None, guard_points: fl
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
     try:
         _write_all(plan, staging, guard_points)
+        for page in _kept(out):  # a findings page beside the report survives its regeneration
+            shutil.copy2(page, staging / page.name)
         _swap_into_place(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

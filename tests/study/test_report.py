@@ -157,6 +157,16 @@ def test_report_is_written_completely_or_not_at_all(study_dir, monkeypatch):
     assert not fresh.exists()
 
 
+def test_a_findings_page_beside_the_report_survives_its_regeneration(study_dir):
+    assert main(["report", str(study_dir)]) == 0
+    out = study_dir / "report"
+    (out / "README.md").write_text("what the runs show")
+    (out / "stale.csv").write_text("a table a report no longer writes")
+    assert main(["report", str(study_dir)]) == 0
+    assert (out / "README.md").read_text() == "what the runs show"  # before, the swap removed it with the old report
+    assert (out / "report.md").is_file() and not (out / "stale.csv").exists()
+
+
 def test_report_refuses_to_replace_a_directory_that_is_not_a_report(study_dir, capsys):
     (study_dir / "notes").mkdir()
     (study_dir / "notes" / "todo.txt").write_text("keep me")
