@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import math
 from pathlib import Path
 
 import torch
@@ -25,6 +24,8 @@ from lightning.pytorch import Trainer
 
 from imbcompress.data import ImbalancedDataModule
 from imbcompress.metrics import summarize_confusion
+from imbcompress.remedies.losses import log_priors
+from imbcompress.study.aggregate import smallest_class_f1
 from imbcompress.task import ImbalanceClassifier
 
 
@@ -42,22 +43,22 @@ def predict_log_probabilities(run: Path) -> tuple[torch.Tensor, torch.Tensor, li
 
 
 def sweep(log_p: torch.Tensor, targets: torch.Tensor, counts: list[int], taus: list[float]) -> list[dict]:
-    """Accuracy, macro-F1 and the smallest class's F1 (fractions) of ``argmax(log_p - tau log prior)`` per tau."""
+    """Accuracy, macro-F1 and the smallest class's F1 (fractions) of ``argmax(log_p - tau log prior)`` per tau.
+
+    The prior is the post-hoc remedy's (``log_priors``); the smallest class's F1 is the study report's."""
     classes = log_p.shape[1]
-    log_prior = torch.tensor([math.log(n / sum(counts)) for n in counts])
-    smallest = min(range(classes), key=counts.__getitem__)
+    log_prior = log_priors(counts)
     rows = []
     for tau in taus:
         predictions = (log_p - tau * log_prior).argmax(dim=1)
-        confusion = torch.zeros(classes, classes, dtype=torch.long)
-        confusion.index_put_((targets, predictions), torch.ones_like(targets), accumulate=True)
+        confusion = torch.bincount(targets * classes + predictions, minlength=classes**2).reshape(classes, classes)
         results = summarize_confusion(confusion)
         rows.append(
             {
                 "tau": tau,
                 "accuracy": results["accuracy"],
                 "macro_f1": results["macro_f1"],
-                "tail_f1": results["per_class"]["f1"][smallest],
+                "tail_f1": smallest_class_f1(results["per_class"]["f1"], counts),
             }
         )
     return rows

@@ -93,9 +93,13 @@ class CompressibleTask(Protocol):
     def set_criterion(self, criterion: Callable[[LossContext], Tensor]) -> None: ...
 
 
-TASK_ATTRIBUTES = ("model", "num_classes", "init_from", "transforms", "loss_terms", "last_test_results")
+TASK_ATTRIBUTES = tuple(CompressibleTask.__annotations__)
 """The data members of :class:`CompressibleTask`, looked up on the instance."""
-TASK_METHODS = ("class_names", "apply_transform", "add_loss_term", "set_criterion")
+TASK_METHODS = tuple(
+    name
+    for name, member in vars(CompressibleTask).items()
+    if not name.startswith("_") and (callable(member) or isinstance(member, property))
+)
 """The methods and properties of :class:`CompressibleTask`, looked up on the class."""
 
 
