@@ -10,6 +10,7 @@ import contextlib
 import ctypes
 import functools
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from typing import IO
 
 from imbcompress.atomic import atomic_write
 from imbcompress.locks import LockHeld, wait_for_run_dir
+from imbcompress.run_dir import FIT_OUTPUTS
 from imbcompress.study.plan import GENERATED_FRAGMENT, Run
 from imbcompress.study.spec import LAST_CKPT
 from imbcompress.study.state import (
@@ -43,8 +45,15 @@ PR_SET_PDEATHSIG = 1
 
 
 def prepare_run(run: Run) -> None:
-    """Create the run directory and write its generated fragment (inline callbacks, the distillation teacher)."""
+    """Create the run directory and write its generated fragment (inline callbacks, the distillation teacher).
+
+    A ``test`` run (a post-hoc remedy) starts again: what an interrupted attempt wrote (its ``config.yaml``,
+    TensorBoard files) is removed, else ``imbcompress test`` would find a run there and write to ``RUN/test-<n>/``.
+    """
     Path(run.dir).mkdir(parents=True, exist_ok=True)
+    if run.kind == "test":
+        for path in (path for pattern in FIT_OUTPUTS for path in Path(run.dir).glob(pattern)):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
     if run.callbacks:
         text = run.fragment_text().encode()
         atomic_write(Path(run.dir) / GENERATED_FRAGMENT, lambda handle: handle.write(text))

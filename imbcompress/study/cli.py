@@ -15,7 +15,7 @@ from pathlib import Path
 
 from imbcompress.study.attempt import DEFAULT_COMMAND, execute_run
 from imbcompress.study.changes import Changes, describe_changes, find_changes, set_aside
-from imbcompress.study.plan import PLAN_FILE, Plan, expand, load_plan, save_plan, select_run_ids
+from imbcompress.study.plan import PLAN_FILE, Plan, expand, left_out, load_plan, save_plan, select_run_ids
 from imbcompress.study.scheduler import detect_gpus, run_plan
 from imbcompress.study.slurm import SlurmParams, describe, submit, write_dry_run
 from imbcompress.study.spec import load_study
@@ -207,6 +207,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ValueError("--only works with the local executor (--executor local); SLURM submits every unfinished run")
     plan = expand(study, args.out or Path("studies") / study.name)
     only = select_run_ids(plan, args.only) if args.only else None  # a bad pattern fails before any work
+    for line in left_out(study):
+        print(line)
     if not args.dry_run:
         _validate(plan, _prefix(args.command))
     return _run_slurm(plan, args) if args.executor == "slurm" else _run_local(plan, args, only)
@@ -265,7 +267,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from imbcompress.study.estimate import describe_estimate, estimate, load_throughput
 
     throughput = load_throughput(args.throughput)
-    plan = expand(load_study(args.study), Path("studies") / "estimate")  # directories are not used
+    study = load_study(args.study)
+    plan = expand(study, Path("studies") / "estimate")  # directories are not used
+    for line in left_out(study):
+        print(line)
     result = estimate(plan, throughput, args.classes, args.train_per_class)
     print(describe_estimate(plan, result, throughput, args.classes, args.train_per_class))
     return 0

@@ -23,8 +23,10 @@ RUN_CONFIG = "config.yaml"  # what a fit writes into its run directory (the merg
 class Run:
     """One run of the study: everything needed to launch, resume and report it (plain data, JSON-able).
 
-    ``kind`` is the ``imbcompress`` command it runs: ``fit``, or ``ptq`` (whose ``args`` name the checkpoint it
-    quantizes). ``method`` and ``remedy`` are names from the study file.
+    ``kind`` is the ``imbcompress`` command it runs: ``fit``; ``ptq`` (whose ``args`` name the checkpoint it
+    quantizes); or ``test``, a post-hoc remedy's run (its ``configs`` are the ``ce`` run's saved configuration, then
+    the remedy's fragments; its ``args`` name that run's checkpoint). ``method`` and ``remedy`` are names from the
+    study file.
     """
 
     id: str
@@ -56,7 +58,7 @@ class Run:
         if self.callbacks:
             cmd += ["--config", fragment or str(Path(self.dir) / GENERATED_FRAGMENT)]
         cmd += self.args
-        if resume and self.kind == "fit":  # a PTQ run writes no checkpoint: it starts again
+        if resume and self.kind == "fit":  # a PTQ or test run writes no checkpoint: it starts again
             cmd += ["--ckpt_path", str(Path(self.dir) / LAST_CKPT)]
         return cmd
 
@@ -138,12 +140,53 @@ def _ptq_args(method: Method, parent_dir: Path, run_dir: Path, seed: int) -> lis
     ]  # fmt: skip
 
 
+def _posthoc_run(out_dir: Path, variant: Variant, method: Method, remedy: Remedy, seed: int) -> Run:
+    """A post-hoc remedy's run: ``imbcompress test`` of the ``ce`` run of the same method, variant and seed, with the
+    remedy's callbacks (the parent's saved configuration first, so the remedy's ``callbacks+`` append to its own)."""
+    rid, parent = run_id(variant, method.name, seed, remedy.name), run_id(variant, method.name, seed)
+    run_dir, parent_dir = out_dir / "runs" / rid, out_dir / "runs" / parent
+    return Run(
+        id=rid,
+        dir=str(run_dir),
+        variant=asdict(variant),
+        method=method.name,
+        seed=seed,
+        deps=[parent],
+        configs=[str(parent_dir / RUN_CONFIG), *remedy.fragments],
+        config_sha256=file_digests(list(remedy.fragments)),  # the parent's config.yaml is written by its fit
+        callbacks=[dict(cb) for cb in remedy.callbacks],
+        args=["--ckpt_path", str(parent_dir / LAST_CKPT), "--run_dir", str(run_dir)],
+        remedy=remedy.name,
+        kind="test",
+    )
+
+
+def applies(method: Method, remedy: Remedy) -> bool:
+    """Whether ``method`` has runs under ``remedy``: every pair except a post-hoc remedy with a PTQ method (an int8
+    ONNX model, which ``imbcompress test`` cannot adjust)."""
+    return not (remedy.posthoc and method.ptq is not None)
+
+
+def left_out(study: Study) -> list[str]:
+    """One line per (method, remedy) pair without runs (:func:`applies`), saying why; empty when there is none."""
+    return [
+        f"{config_key(name, remedy.name)}: no runs (remedy {remedy.name!r} is post-hoc, applied by `imbcompress test` "
+        f"to a checkpoint, and PTQ method {name!r} writes an int8 ONNX model, not a checkpoint)"
+        for name, method in study.methods.items()
+        for remedy in study.remedies.values()
+        if not applies(method, remedy)
+    ]
+
+
 def _fit_args(study: Study, method: Method, remedy: Remedy, variant: Variant, seed: int, run_dir: Path) -> list[str]:
     args = [*study.args, *method.args, *remedy.cli_args(), *variant.cli_args()]
     return args + ["--seed_everything", str(seed), "--data.init_args.subset_seed", str(seed), "--run_dir", str(run_dir)]
 
 
 def _make_run(study: Study, out_dir: Path, variant: Variant, method: Method, remedy: Remedy, seed: int) -> Run:
+    if remedy.posthoc:
+        return _posthoc_run(out_dir, variant, method, remedy, seed)
+
     def dep_dir(name: str) -> Path:
         return out_dir / "runs" / run_id(variant, name, seed, remedy.name)
 
@@ -209,6 +252,7 @@ def expand(study: Study, out_dir: str | Path) -> Plan:
         _make_run(study, out_dir, variant, study.methods[name], remedy, seed)
         for name in method_order(study)
         for remedy in study.remedies.values()
+        if applies(study.methods[name], remedy)
         for variant in study.variants
         for seed in study.seeds
     ]

@@ -201,10 +201,17 @@ def _remedy_line(plan: Plan) -> list[str]:
     if len(plan.remedies) < 2:
         return []
     names = ", ".join(f"`{name}` ({label})" for name, label in remedy_labels(plan).items())
-    return [
+    lines = [
         f"- Remedies: {names}. Each applies to every method; a remedy's runs start from (and are compared with) "
         f"`{plan.reference}` trained with the same remedy."
     ]
+    posthoc = [f"`{name}`" for name, record in plan.remedies.items() if record.get("posthoc")]
+    if posthoc:
+        lines.append(
+            f"- Post-hoc remedies ({', '.join(posthoc)}) train nothing: each of their runs is `imbcompress test` of "
+            f"the same method's `{BASELINE}` checkpoint with the remedy applied at test (none for a PTQ method)."
+        )
+    return lines
 
 
 def _adopted(plan: Plan) -> list[str]:

@@ -1,12 +1,14 @@
-"""A stand-in for ``imbcompress fit`` (and ``imbcompress ptq``) used by the study tests.
+"""A stand-in for ``imbcompress fit`` (and ``ptq``, ``test``) used by the study tests.
 
 It locks the run directory, checks what a real fit would need (config files and dependency checkpoints
 exist), records its call, writes ``config.yaml``, ``checkpoints/last.ckpt`` (a zip archive, as torch.save) and then
 an atomic ``metrics.json``. As ``ptq`` it checks that the source run's config and checkpoint exist, records its call
-and writes ``metrics.json`` (F1 0.02 below the fit's). Environment switches (substrings of the run directory):
-``FAKE_FIT_FAIL`` exits 3, ``FAKE_FIT_DIE`` SIGKILLs itself after the checkpoint, ``FAKE_FIT_HANG`` sleeps after
-the checkpoint (until killed) unless resuming. ``FAKE_FIT_SECONDS`` makes every fit last that long; with
-``FAKE_SMI_DIR`` each fit writes a line for the fake ``nvidia-smi`` of the packing test.
+and writes ``metrics.json`` (F1 0.02 below the fit's); as ``test`` (a post-hoc remedy's run) it checks its configs
+and ``--ckpt_path`` exist and that the run directory holds nothing of an earlier attempt, records its call and
+writes ``config.yaml`` then ``metrics.json`` (F1 0.03 above the tested fit's). Environment switches (substrings
+of the run directory): ``FAKE_FIT_FAIL`` exits 3, ``FAKE_FIT_DIE`` SIGKILLs itself after the checkpoint,
+``FAKE_FIT_HANG`` sleeps after the checkpoint (until killed) unless resuming. ``FAKE_FIT_SECONDS`` makes every
+fit last that long; with ``FAKE_SMI_DIR`` each fit writes a line for the fake ``nvidia-smi`` of the packing test.
 """
 
 import json
@@ -88,9 +90,35 @@ def fake_ptq(argv: list[str]) -> int:
     return 0
 
 
+def fake_test(argv: list[str]) -> int:
+    run_dir = Path(option(argv, "--run_dir"))
+    with open(os.environ["FAKE_FIT_LOG"], "a") as log:
+        log.write(json.dumps({"run_dir": str(run_dir), "resume": None, "argv": argv}) + "\n")
+    configs = [argv[i + 1] for i, arg in enumerate(argv) if arg == "--config"]
+    missing = [path for path in [*configs, option(argv, "--ckpt_path")] if not path or not Path(path).is_file()]
+    if missing:
+        print(f"fake test: missing {', '.join(map(str, missing))}", file=sys.stderr)
+        return 4
+    if (run_dir / "config.yaml").exists():  # the real test would write to RUN/test-1/ instead
+        print(f"fake test: {run_dir} holds a run", file=sys.stderr)
+        return 6
+    (run_dir / "config.yaml").write_text("{}")
+    if matches("FAKE_FIT_FAIL", str(run_dir)):
+        print("boom: simulated failure", file=sys.stderr)
+        return 3
+    fit_argv = json.loads(Path(configs[0]).read_text())["argv"]  # the tested fit's saved configuration
+    metrics = fake_metrics(fit_argv, shift=0.03)
+    metrics["remedies"] = [{"method": "posthoc_logit_adjustment", "tau": 1.0}]
+    write_metrics(run_dir, metrics)
+    print("fake test: done")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] == ["ptq"]:
         return fake_ptq(argv)
+    if argv[:1] == ["test"]:
+        return fake_test(argv)
     run_dir = Path(option(argv, "--run_dir"))
     resume = option(argv, "--ckpt_path")
     try:

@@ -156,8 +156,10 @@ def test_a_remedy_change_is_a_definition_change(tmp_path, fake_env, fake_prefix,
 
 def test_the_committed_remedies_study(tmp_path):
     plan = expand(load_study(REPO / "configs" / "studies" / "remedies_cpu.yaml"), tmp_path)
-    assert list(plan.remedies) == ["ce", "ldam_drw", "logit_adjusted"]
-    assert len(plan.runs) == 2 * 3 * 3 * 2
+    assert list(plan.remedies) == ["ce", "ldam_drw", "logit_adjusted", "posthoc_la"]
+    assert len(plan.runs) == 2 * 3 * 4 * 2
+    assert [run.kind for run in plan.runs].count("test") == 2 * 3 * 2  # post-hoc LA: a test of each CE run
+    assert plan.by_id()["balanced/prune_severe@posthoc_la/seed1"].deps == ["balanced/prune_severe/seed1"]
     qat = plan.by_id()["exponential-r100/qat_a3w3@logit_adjusted/seed1"]
     assert qat.deps == ["exponential-r100/fp32@logit_adjusted/seed1"]
     fragments = [str(REPO / "configs/compress/dorefa_a3w3.yaml"), str(REPO / "configs/remedies/logit_adjusted.yaml")]
