@@ -102,9 +102,9 @@ def _fragment_callbacks(fragment: str) -> list[Any] | None:
     if not isinstance(data, dict) or set(data) != {"trainer"} or not isinstance(data["trainer"], dict):
         return None
     trainer = data["trainer"]
-    if not set(trainer) <= {"callbacks", "callbacks+"}:
+    if set(trainer) != {"callbacks+"} or not isinstance(trainer["callbacks+"], list):  # `callbacks` is refused
         return None
-    return [cb for key in ("callbacks+", "callbacks") for cb in (trainer.get(key) or [])]
+    return trainer["callbacks+"]
 
 
 def is_posthoc(fragment_files: tuple[str, ...], callbacks: tuple[dict, ...], sampler: str | None) -> bool:

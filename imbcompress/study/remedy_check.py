@@ -67,7 +67,12 @@ def _fragment_contents(path: str) -> tuple[list[dict], dict[str, Any]]:
     model_section = _mapping(path, "model", data.pop("model", None))
     model_args = _mapping(path, "model.init_args", model_section.pop("init_args", None))
     _check_classifier(path, model_args.pop("classifier", "linear"))
-    callbacks = list(trainer.pop("callbacks+", None) or []) + list(trainer.pop("callbacks", None) or [])
+    if "callbacks" in trainer:
+        raise ValueError(
+            f"fragment {path} sets trainer.callbacks, which replaces the run's callbacks (the method's compression "
+            "callbacks included); a remedy fragment appends its callbacks with trainer.callbacks+"
+        )
+    callbacks = list(trainer.pop("callbacks+", None) or [])
     sampler = {key: init_args.pop(key) for key in ("sampler", "sampler_switch_epoch") if key in init_args}
     extra = [f"{key} (top level)" for key in data] + [f"trainer.{key}" for key in trainer]
     extra += [f"data.{key}" for key in data_section] + [f"data.init_args.{key}" for key in init_args]

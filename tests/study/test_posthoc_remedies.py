@@ -34,6 +34,9 @@ def test_only_remedies_that_adjust_at_test_are_post_hoc(tmp_path):
     head = tmp_path / "head.yaml"
     head.write_text(f"model: {{init_args: {{classifier: cosine}}}}\ntrainer: {{callbacks+: [{json.dumps(POSTHOC)}]}}\n")
     assert not is_posthoc((str(head),), (), None)  # a classifier setting changes the model that is trained
+    replace = tmp_path / "replace.yaml"
+    replace.write_text(f"trainer: {{callbacks: [{json.dumps(POSTHOC)}]}}\n")
+    assert not is_posthoc((str(replace),), (), None)  # replaces the method's callbacks: refused by the remedy check
     assert not is_posthoc((), (), None) and not is_posthoc((str(tmp_path / "missing.yaml"),), (), None)
 
 

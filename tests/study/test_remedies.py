@@ -95,6 +95,7 @@ def test_remedy_settings_classes_and_conflicts_are_checked_before_any_run(tmp_pa
     (tmp_path / "frags" / "epochs.yaml").write_text("trainer: {max_epochs: 3}\ndata: {class_path: x.Y}\n")
     (tmp_path / "frags" / "head.yaml").write_text("model: {init_args: {classifier: norm}}\n")
     (tmp_path / "frags" / "arch.yaml").write_text("model: {init_args: {arch: resnet56, classifier: cosine}}\n")
+    (tmp_path / "frags" / "replace.yaml").write_text(f"trainer: {{callbacks: [{{class_path: {LA}}}]}}\n")
     entries = {
         "typo": {"callbacks": [callback("imbcompress.callbacks.LogitAdjustLoss")]},
         "pruning": {"callbacks": [callback("imbcompress.callbacks.FilterPruning", preset="severe")]},
@@ -105,11 +106,12 @@ def test_remedy_settings_classes_and_conflicts_are_checked_before_any_run(tmp_pa
         "extra": {"fragments": ["frags/epochs.yaml"]},
         "head": {"fragments": ["frags/head.yaml"]},
         "arch": {"fragments": ["frags/arch.yaml"]},
+        "replace": {"fragments": ["frags/replace.yaml"]},
         "good": {"fragments": [LDAM_FRAGMENT], "sampler": "square_root"},
     }
     plan = expand(load_study(write_study(tmp_path, remedies=entries)), tmp_path / "out")
     problems = remedy_problems(plan.remedies)
-    assert len(problems) == 9 and not any(p.startswith("remedies.good") for p in problems)  # good: a cosine head
+    assert len(problems) == 10 and not any(p.startswith("remedies.good") for p in problems)  # good: a cosine head
     by_name = {p.split(":")[0]: p for p in problems}
     allowed = "allowed: imbcompress.callbacks.ClassBalancedLoss, imbcompress.callbacks.FocalLoss"
     assert "'imbcompress.callbacks.LogitAdjustLoss' cannot be imported (" + allowed in by_name["remedies.typo"]
@@ -121,6 +123,8 @@ def test_remedy_settings_classes_and_conflicts_are_checked_before_any_run(tmp_pa
     assert "sets trainer.max_epochs, data.class_path; a remedy fragment may only append" in by_name["remedies.extra"]
     assert "model.init_args.classifier='norm'; allowed: linear, cosine" in by_name["remedies.head"]
     assert "sets model.init_args.arch; a remedy fragment may only" in by_name["remedies.arch"]
+    replace = "sets trainer.callbacks, which replaces the run's callbacks (the method's compression callbacks included)"
+    assert replace in by_name["remedies.replace"] and "with trainer.callbacks+" in by_name["remedies.replace"]
 
 
 def test_an_invalid_remedy_stops_study_run_before_anything_is_written(tmp_path, fake_env, capsys):
