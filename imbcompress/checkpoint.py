@@ -65,29 +65,36 @@ def _unreadable_message(file: Path, setting: str, err: Exception) -> str:
     return f"{setting}={str(file)!r} could not be read as a checkpoint (the archive is damaged?): {first_line}"
 
 
-def check_ckpt_path(ckpt_path: Any) -> None:
+def check_ckpt_path(ckpt_path: Any) -> dict[str, Any] | None:
     """Check a ``--ckpt_path`` before Lightning loads it: it must exist and load with ``weights_only=True``.
 
     Lightning's own load of the same file follows (with ``weights_only=True`` where Lightning accepts the option);
     this check makes the refusal of an unsafe, truncated or missing file one clear message on every version.
     Lightning's keywords (``last``, ``hpc``, ``registry``) are left to Lightning; remote URLs are refused.
+
+    Returns:
+        The loaded checkpoint (None for no path or a keyword), so the caller need not read the file again.
     """
     if ckpt_path is None or str(ckpt_path) in _CKPT_PATH_KEYWORDS:
-        return
+        return None
     if "://" in str(ckpt_path):
         raise SettingsError(f"--ckpt_path={str(ckpt_path)!r}: only local checkpoint files are accepted; copy it here")
-    load_checkpoint_file(str(ckpt_path), setting="--ckpt_path")
+    return load_checkpoint_file(str(ckpt_path), setting="--ckpt_path")
 
 
-def secure_subcommand_config(config: Any) -> None:
+def secure_subcommand_config(config: Any) -> dict[str, Any] | None:
     """Check a subcommand's ``ckpt_path`` (:func:`check_ckpt_path`) and make Lightning load it with weights only.
 
     Args:
         config: The parsed configuration of ``fit``/``validate``/``test``/``predict`` (a jsonargparse namespace).
+
+    Returns:
+        The loaded checkpoint, or None without one (:func:`check_ckpt_path`).
     """
-    check_ckpt_path(config.get("ckpt_path"))
+    checkpoint = check_ckpt_path(config.get("ckpt_path"))
     if "weights_only" in config and config.get("weights_only") is None:  # Lightning >= 2.6 has the option
         config["weights_only"] = True
+    return checkpoint
 
 
 def model_state_from_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Tensor]:

@@ -91,8 +91,11 @@ class ImbCompressCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
-        if self.config.get("subcommand"):  # --ckpt_path: exists and loads with weights_only=True, before any work
-            secure_subcommand_config(self.config[self.config["subcommand"]])
+        subcommand = self.config.get("subcommand")
+        if subcommand:  # --ckpt_path: exists and loads with weights_only=True, before any work
+            checkpoint = secure_subcommand_config(self.config[subcommand])
+            if checkpoint is not None:  # kept for _parse_ckpt_path, which reads the same file next
+                self._checkpoint = (str(self.config[subcommand].get("ckpt_path")), checkpoint)
 
     def _parse_ckpt_path(self) -> None:
         """Lightning's (the model's arguments come from ``--ckpt_path``'s hyperparameters, so a checkpoint is rebuilt
@@ -103,8 +106,9 @@ class ImbCompressCLI(LightningCLI):
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if not ckpt_path or not Path(ckpt_path).is_file():
             return
-        checkpoint = load_checkpoint_file(ckpt_path, setting="ckpt_path")
-        self._checkpoint = (str(ckpt_path), checkpoint)
+        if self._checkpoint is None or self._checkpoint[0] != str(ckpt_path):  # read once, by parse_arguments
+            self._checkpoint = (str(ckpt_path), load_checkpoint_file(ckpt_path, setting="ckpt_path"))
+        checkpoint = self._checkpoint[1]
         hparams = dict(checkpoint.get("hyper_parameters") or {})
         hparams.pop("_instantiator", None)
         if "model" in hparams and "arch" not in hparams:

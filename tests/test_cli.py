@@ -14,6 +14,7 @@ from cli_helpers import CONFIGS, QUIET, fake_data_args, fit, make_learnable_cifa
 from fakedata import make_fake_cifar, make_fake_image_folder
 
 from imbcompress.__main__ import main
+from imbcompress.checkpoint import load_checkpoint_file
 from imbcompress.cli import run_cli
 
 BASE = [f"--config={CONFIGS / 'trainer/cpu.yaml'}", f"--config={CONFIGS / 'model/resnet20.yaml'}"]
@@ -121,7 +122,9 @@ def test_every_fragment_runs(
     assert metrics["test"]["num_samples"] > 0
 
 
-def test_metrics_json_complete_and_test_ckpt_path_reproduces(cifar_root: Path, tmp_path: Path) -> None:
+def test_metrics_json_complete_and_test_ckpt_path_reproduces(
+    cifar_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     data = ["--config", str(CONFIGS / "data/cifar10_exp100.yaml"), *fake_data_args(cifar_root)]
     data += ["--data.init_args.imbalance_ratio=12", "--data.init_args.batch_size=32"]
     metrics = fit([*BASE, *data, "--trainer.max_epochs=2", "--seed_everything=3"], tmp_path / "run")
@@ -141,8 +144,16 @@ def test_metrics_json_complete_and_test_ckpt_path_reproduces(cifar_root: Path, t
     assert metrics["model_size"]["nnz"] == 268_336
     assert (tmp_path / "run/config.yaml").is_file()
 
-    # Re-test the saved checkpoint with the run's saved config: the same numbers.
+    # Re-test the saved checkpoint with the run's saved config: the same numbers, the file read once by the checks.
     ckpt = tmp_path / "run/checkpoints/last.ckpt"
+    reads: list[str] = []
+
+    def counted(path: str | Path, setting: str) -> dict:
+        reads.append(str(path))
+        return load_checkpoint_file(path, setting)
+
+    monkeypatch.setattr("imbcompress.checkpoint.load_checkpoint_file", counted)
+    monkeypatch.setattr("imbcompress.cli.load_checkpoint_file", counted)
     run_cli(
         [
             "test",
@@ -154,6 +165,7 @@ def test_metrics_json_complete_and_test_ckpt_path_reproduces(cifar_root: Path, t
     )
     again = json.loads((tmp_path / "again/metrics.json").read_text())
     assert again["test"] == metrics["test"]
+    assert reads == [str(ckpt)]  # checked, then its hyperparameters and restore check reuse what was read
 
 
 def test_predict_writes_predictions(cifar_root: Path, tmp_path: Path) -> None:
