@@ -2,10 +2,7 @@
 
 import csv
 import json
-import sys
 from pathlib import Path
-
-import pytest
 
 from imbcompress.study.attempt import prepare_run
 from imbcompress.study.cli import main
@@ -14,7 +11,7 @@ from imbcompress.study.remedies import is_posthoc
 from imbcompress.study.spec import load_study
 from imbcompress.study.state import plan_states
 
-from .conftest import write_real_study, write_study
+from .conftest import write_study
 
 REPO = Path(__file__).resolve().parents[2]
 POSTHOC_LA = str(REPO / "configs" / "remedies" / "posthoc_logit_adjustment.yaml")
@@ -106,27 +103,3 @@ def test_post_hoc_runs_go_through_the_runner_into_the_recovery_table(tmp_path, f
     assert rows[("prune", "post-hoc LA")]["Δ macro-F1"] == "+3.0"  # the fake test: 0.03 above the tested fit
     assert rows[("ptq_int8", "post-hoc LA")]["macro-F1"] == "–"  # no runs
     assert "- Post-hoc remedies (`la`) train nothing" in (out / "report" / "report.md").read_text()
-
-
-@pytest.mark.slow
-def test_a_post_hoc_study_run_on_generated_data(tmp_path, capsys):
-    methods = {"fp32": {}, "prune": {"callbacks": [PRUNE], "init_from": "fp32"}}
-    remedies = {"la": {"fragments": [POSTHOC_LA]}}
-    imbalance = [{"profile": "exponential", "ratio": 2}]
-    study = write_real_study(tmp_path, "posthoc", methods, imbalance=imbalance, remedies=remedies)
-    out = tmp_path / "out"
-    command = f"{sys.executable} -m imbcompress"
-    assert main(["run", str(study), "--out", str(out), "--command", command, "--jobs", "2"]) == 0, capsys.readouterr()
-    tested = json.loads((out / "runs/balanced/prune@la/seed0/metrics.json").read_text())
-    trained = json.loads((out / "runs/balanced/prune/seed0/metrics.json").read_text())
-    assert tested["remedies"] == [{"method": "posthoc_logit_adjustment", "tau": 1.0}] and trained["remedies"] == []
-    assert tested["ckpt_path"] == str(out / "runs/balanced/prune/seed0/checkpoints/last.ckpt")
-    assert tested["fit_code"] == trained["fit_code"] and tested["seed"] == trained["seed"] == 0
-    assert tested["model_size"] == trained["model_size"]  # the pruned model, as it was trained
-    assert tested["test"]["macro_f1"] == pytest.approx(trained["test"]["macro_f1"])  # balanced data: log prior const
-    assert not (out / "runs/balanced/prune@la/seed0/checkpoints").exists()  # nothing was trained
-    shifted = json.loads((out / "runs/exponential-r2/fp32@la/seed0/metrics.json").read_text())
-    assert shifted["remedies"][0]["method"] == "posthoc_logit_adjustment" and 0 <= shifted["test"]["macro_f1"] <= 1
-
-
-PRUNE = {"class_path": "imbcompress.callbacks.FilterPruning", "init_args": {"preset": "severe"}}
