@@ -7,6 +7,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -145,20 +146,22 @@ def _posthoc_run(out_dir: Path, variant: Variant, method: Method, remedy: Remedy
     remedy's callbacks (the parent's saved configuration first, so the remedy's ``callbacks+`` append to its own)."""
     rid, parent = run_id(variant, method.name, seed, remedy.name), run_id(variant, method.name, seed)
     run_dir, parent_dir = out_dir / "runs" / rid, out_dir / "runs" / parent
-    return Run(
-        id=rid,
-        dir=str(run_dir),
-        variant=asdict(variant),
-        method=method.name,
-        seed=seed,
+    return _new_run(
+        rid, run_dir, variant, method, remedy, seed,
+        kind="test",
         deps=[parent],
         configs=[str(parent_dir / RUN_CONFIG), *remedy.fragments],
         config_sha256=file_digests(list(remedy.fragments)),  # the parent's config.yaml is written by its fit
         callbacks=[dict(cb) for cb in remedy.callbacks],
         args=["--ckpt_path", str(parent_dir / LAST_CKPT), "--run_dir", str(run_dir)],
-        remedy=remedy.name,
-        kind="test",
-    )
+    )  # fmt: skip
+
+
+def _new_run(
+    rid: str, run_dir: Path, variant: Variant, method: Method, remedy: Remedy, seed: int, **fields: Any
+) -> Run:
+    """The run ``rid`` (in ``run_dir``) with its command fields (``kind``, ``deps``, ``configs``, ``args``, ...)."""
+    return Run(rid, str(run_dir), asdict(variant), method.name, seed, remedy=remedy.name, **fields)
 
 
 def applies(method: Method, remedy: Remedy) -> bool:
@@ -196,8 +199,7 @@ def _make_run(study: Study, out_dir: Path, variant: Variant, method: Method, rem
     if method.ptq is not None:
         assert method.init_from is not None
         args = _ptq_args(method, dep_dir(method.init_from), run_dir, seed)
-        variant_data = asdict(variant)
-        return Run(rid, str(run_dir), variant_data, method.name, seed, deps, args=args, remedy=remedy.name, kind="ptq")
+        return _new_run(rid, run_dir, variant, method, remedy, seed, kind="ptq", deps=deps, args=args)
     callbacks = [dict(cb) for cb in method.callbacks]
     if method.teacher is not None:
         callbacks.append(_distill_callback(dep_dir(method.teacher), method.distill))
@@ -206,19 +208,10 @@ def _make_run(study: Study, out_dir: Path, variant: Variant, method: Method, rem
     if method.init_from is not None:
         args += ["--model.init_args.init_from", str(dep_dir(method.init_from) / LAST_CKPT)]
     configs = [*study.base, *method.fragments, *remedy.fragments]
-    return Run(
-        id=rid,
-        dir=str(run_dir),
-        variant=asdict(variant),
-        method=method.name,
-        seed=seed,
-        deps=deps,
-        configs=configs,
-        config_sha256=file_digests(configs),
-        callbacks=callbacks,
-        args=args,
-        remedy=remedy.name,
-    )
+    return _new_run(
+        rid, run_dir, variant, method, remedy, seed,
+        deps=deps, configs=configs, config_sha256=file_digests(configs), callbacks=callbacks, args=args,
+    )  # fmt: skip
 
 
 def method_order(study: Study) -> list[str]:
