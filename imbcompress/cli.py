@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 
 
 EVALUATING = ("validate", "test", "predict")
+SEED_ENV = "PL_GLOBAL_SEED"  # where Lightning's seed_everything records the seed (read by metrics.json, the data)
 RUN_FILES = ("config.yaml", METRICS_FILE, PREDICTIONS_FILE, "checkpoints")
 
 
@@ -53,6 +55,27 @@ def fresh_run_dir(run_dir: str, subcommand: str) -> str:
     return fresh
 
 
+_seed_left: str | None = None  # the PL_GLOBAL_SEED the last command in this process ran with
+
+
+def forget_earlier_seed() -> None:
+    """Drop the seed an earlier command of this process left in ``PL_GLOBAL_SEED`` (where seed_everything records it).
+
+    Run twice in one process (a test, a notebook), a command with ``--seed_everything false`` would otherwise report
+    the earlier command's seed in its metrics.json and take it for its batch order. A value this process did not
+    leave is kept: a DDP worker inherits its launcher's seed that way (with ``seed_everything: true`` every rank
+    must draw the same one).
+    """
+    if _seed_left is not None and os.environ.get(SEED_ENV) == _seed_left:
+        del os.environ[SEED_ENV]
+
+
+def remember_seed() -> None:
+    """Record the seed this command runs with (after Lightning's ``_set_seed``), for :func:`forget_earlier_seed`."""
+    global _seed_left
+    _seed_left = os.environ.get(SEED_ENV)
+
+
 class ImbCompressCLI(LightningCLI):
     """LightningCLI with the data -> model links, ``--run_dir``, test-after-fit and a ``RunReport`` in every run.
 
@@ -65,6 +88,7 @@ class ImbCompressCLI(LightningCLI):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._attempt: RunAttempt | None = None
         self._checkpoint: tuple[str, dict[str, Any]] | None = None  # --ckpt_path and its content, until checked
+        forget_earlier_seed()
         try:
             super().__init__(*args, **kwargs)
         except BaseException:
@@ -120,6 +144,7 @@ class ImbCompressCLI(LightningCLI):
         self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
 
     def before_instantiate_classes(self) -> None:
+        remember_seed()  # Lightning's _set_seed has run
         code_revision()  # asked now, so metrics.json names the code this command loaded, not a checkout moved since
         config = self.config[self.subcommand] if self.subcommand else self.config
         run_dir = config.get("run_dir")

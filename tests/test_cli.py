@@ -168,6 +168,15 @@ def test_metrics_json_complete_and_test_ckpt_path_reproduces(
     assert reads == [str(ckpt)]  # checked, then its hyperparameters and restore check reuse what was read
 
 
+def test_a_command_without_a_seed_does_not_report_an_earlier_commands_seed(cifar_root: Path, tmp_path: Path) -> None:
+    # two commands in one process (a notebook, this test): seed_everything keeps its seed in PL_GLOBAL_SEED
+    args = [*BASE, "--data=imbcompress.data.ImbalancedDataModule", *fake_data_args(cifar_root), "--trainer.max_steps=2"]
+    assert fit([*args, "--seed_everything=3"], tmp_path / "seeded")["seed"] == 3
+    unseeded = fit([*args, "--seed_everything=false"], tmp_path / "unseeded")
+    assert unseeded["seed"] is None  # was 3, the earlier command's
+    assert fit([*args, "--seed_everything=4"], tmp_path / "again")["seed"] == 4
+
+
 def test_predict_writes_predictions(cifar_root: Path, tmp_path: Path) -> None:
     fit(
         [*BASE, "--data=imbcompress.data.ImbalancedDataModule", *fake_data_args(cifar_root), "--trainer.max_steps=1"],
