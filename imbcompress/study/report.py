@@ -31,14 +31,17 @@ def load_records(plan: Plan) -> tuple[list[dict], list[str]]:
     """One record per finished run (see :mod:`imbcompress.study.aggregate`) and the class names.
 
     ``method`` is the run's configuration (``method`` or ``method@remedy``); ``base_method`` and ``remedy`` are
-    the study file's names.
+    the study file's names. ``code`` and ``fit_code`` say what trained the weights: for a ``test`` run (a post-hoc
+    remedy) those of the run whose checkpoint it tested, not the test command's own commit.
     """
     records: list[dict] = []
     class_names: list[str] = []
+    runs = plan.by_id()
     for run in plan.runs:
         metrics = read_metrics(run.dir)
         if metrics is None:
             continue
+        trained = read_metrics(runs[run.deps[0]].dir) if run.kind == "test" else metrics
         test = metrics["test"]
         per_class_f1 = test.get("per_class", {}).get("f1", [])
         records.append(
@@ -54,8 +57,8 @@ def load_records(plan: Plan) -> tuple[list[dict], list[str]]:
                 "tail_f1": smallest_class_f1(per_class_f1, metrics.get("train_class_counts") or []),
                 "model_size": metrics.get("model_size") or {},
                 "versions": metrics.get("versions") or {},
-                "code": metrics.get("code"),
-                "fit_code": metrics.get("fit_code"),
+                "code": (trained or {}).get("code"),
+                "fit_code": (trained or {}).get("fit_code"),
                 "precision": metrics.get("precision"),
                 "host": metrics.get("host"),
             }

@@ -97,9 +97,16 @@ def test_post_hoc_runs_go_through_the_runner_into_the_recovery_table(tmp_path, f
     assert len(calls) == 2 * 5  # 2 variants x (3 cross-entropy runs + 2 post-hoc tests); nothing trained twice
     assert [argv[0] for rid, argv in calls.items() if "@la" in rid] == ["test"] * 4
     assert set(plan_states(load_plan(out)).values()) == {"done"}
+    for run in load_plan(out).runs:  # the fits' commit, and another for the tests: their weights are the fits'
+        metrics = json.loads((Path(run.dir) / "metrics.json").read_text())
+        metrics["code"] = {"commit": ("b" if run.kind == "test" else "a") * 40, "dirty": False}
+        (Path(run.dir) / "metrics.json").write_text(json.dumps(metrics))
     assert main(["report", str(out)]) == 0
     with open(out / "report" / "recovery_exponential-r100.csv") as handle:
         rows = {(row["method"], row["remedy"]): row for row in csv.DictReader(handle)}
     assert rows[("prune", "post-hoc LA")]["Δ macro-F1"] == "+3.0"  # the fake test: 0.03 above the tested fit
     assert rows[("ptq_int8", "post-hoc LA")]["macro-F1"] == "–"  # no runs
-    assert "- Post-hoc remedies (`la`) train nothing" in (out / "report" / "report.md").read_text()
+    report = (out / "report" / "report.md").read_text()
+    assert "- Post-hoc remedies (`la`) train nothing" in report
+    assert "imbcompress code of the runs (their metrics.json" in report and "commit aaaaaaaaaaaa (10 runs)" in report
+    assert "bbbbbbbb" not in report  # a test run was trained by the fit whose checkpoint it tested
