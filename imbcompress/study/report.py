@@ -36,12 +36,12 @@ def load_records(plan: Plan) -> tuple[list[dict], list[str]]:
     """
     records: list[dict] = []
     class_names: list[str] = []
-    runs = plan.by_id()
+    read = {run.id: read_metrics(run.dir) for run in plan.runs}  # each metrics.json once
     for run in plan.runs:
-        metrics = read_metrics(run.dir)
+        metrics = read[run.id]
         if metrics is None:
             continue
-        trained = read_metrics(runs[run.deps[0]].dir) if run.kind == "test" else metrics
+        trained = read.get(run.deps[0]) if run.kind == "test" else metrics
         test = metrics["test"]
         per_class_f1 = test.get("per_class", {}).get("f1", [])
         records.append(
